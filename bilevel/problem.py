@@ -1,0 +1,86 @@
+"""The bi-level problem and how data reaches its two losses.
+
+    min_λ  F(λ) = f(θ*(λ), λ)      s.t.   θ*(λ) = argmin_θ g(θ, λ)
+
+``inner_loss`` is g and ``outer_loss`` is f. Both are called as ``loss(inner, outer, batch) -> scalar`` with
+``inner`` and ``outer`` dicts of tensors (the "parameter dicts" every function of this package works on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+Params = dict[str, Tensor]
+Loss = Callable[[Params, Params, Any], Tensor]
+# What a solver accepts as data: None (loss gets batch=None), an iterable of batches, or a callable step -> batch.
+Data = None | Iterable[Any] | Callable[[int], Any]
+
+
+@dataclass(frozen=True)
+class BilevelProblem:
+    """``inner_loss`` g(θ, λ, batch) and ``outer_loss`` f(θ, λ, batch), each returning a scalar tensor."""
+
+    inner_loss: Loss
+    outer_loss: Loss
+
+    def __post_init__(self) -> None:
+        for name in ("inner_loss", "outer_loss"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be callable as {name}(inner, outer, batch) -> scalar tensor")
+
+
+class DataStream:
+    """Turns a solver's ``*_data`` argument into ``batch(step)``.
+
+    - ``None``: every step gets ``None`` (full-batch losses that close over their data);
+    - a callable: ``batch(step) = data(step)``;
+    - an iterable: consumed in order, restarted (``iter`` again) when exhausted, so a list or a DataLoader
+      both cycle. Steps must be requested in increasing order for iterables; a step already passed raises.
+    """
+
+    def __init__(self, data: Data, name: str = "data") -> None:
+        self.name = name
+        self._data = data
+        self._it: Iterator[Any] | None = None
+        self._next_step = 0
+        self._last: tuple[int, Any] | None = None
+        if data is not None and not callable(data):
+            try:
+                iter(data)  # type: ignore[arg-type]
+            except TypeError as exc:
+                raise TypeError(
+                    f"{name} must be None, an iterable of batches, or a callable step -> batch; "
+                    f"got {type(data).__name__}"
+                ) from exc
+
+    def __call__(self, step: int) -> Any:
+        data = self._data
+        if data is None:
+            return None
+        if callable(data) and not hasattr(data, "__iter__"):
+            return data(step)
+        if self._last is not None and self._last[0] == step:
+            return self._last[1]
+        if step < self._next_step:
+            raise ValueError(f"{self.name}: batch for step {step} requested after step {self._next_step - 1}")
+        while self._next_step <= step:
+            batch = self._pull()
+            self._last = (self._next_step, batch)
+            self._next_step += 1
+        return self._last[1]  # type: ignore[index]
+
+    def _pull(self) -> Any:
+        if self._it is None:
+            self._it = iter(self._data)  # type: ignore[arg-type]
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self._data)  # type: ignore[arg-type]
+            try:
+                return next(self._it)
+            except StopIteration as exc:
+                raise ValueError(f"{self.name} is an empty iterable: it yields no batch") from exc
