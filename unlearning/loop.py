@@ -32,7 +32,8 @@ class SGDConfig:
     """SGD as the published code uses it: ``SGD(lr, momentum=0.9, weight_decay=5e-4)``.
 
     ``schedule`` scales the learning rate per epoch: ``"constant"``, ``"cosine"`` (η_e = η·½(1+cos(π e/E))) or
-    ``"multistep"`` (×0.1 at 50% and 75% of the epochs, the 91/136-of-182 recipe scaled).
+    ``"multistep"`` (×0.1 at 50% and 75% of the epochs, the 91/136-of-182 recipe scaled, or ×0.1 at each epoch
+    of ``milestones`` reached, when given: η_e = η·0.1^{#{m ∈ milestones : e ≥ m}}).
     """
 
     lr: float
@@ -40,6 +41,7 @@ class SGDConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -50,6 +52,8 @@ class SGDConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in ("constant", "cosine", "multistep"):
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'multistep', got {self.schedule!r}")
+        if self.milestones and (self.schedule != "multistep" or any(int(m) < 0 for m in self.milestones)):
+            raise ValueError("milestones need schedule='multistep' and non-negative epochs")
 
     def make(self, params: Iterable[Tensor]) -> torch.optim.SGD:
         return torch.optim.SGD(
@@ -61,7 +65,8 @@ class SGDConfig:
         if self.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
         if self.schedule == "multistep":
-            return 0.1 ** sum(epoch >= m for m in (int(0.5 * epochs), int(0.75 * epochs)))
+            marks = self.milestones or (int(0.5 * epochs), int(0.75 * epochs))
+            return 0.1 ** sum(epoch >= m for m in marks)
         return 1.0
 
 
