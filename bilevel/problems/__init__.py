@@ -1,0 +1,25 @@
+"""Reference bi-level problems with closed-form hypergradients (``bilevel.md`` §6, P1–P7).
+
+Every factory returns a `ReferenceProblem`: the `BilevelProblem`, a starting point, the outer value to test
+at, the exact inner solution, F, the closed-form ∇F and the dense inner Hessian. All take ``seed`` and
+``dtype`` (float64 by default) and are deterministic under the seed.
+
+- `ridge` (P1), `quadratic` (P2), `logistic` (P3), `weighted_ridge` (P4), `unrolled_gd_quadratic` (P5),
+  `imaml_proximal` (P6);
+- P7 edge cases: `scalar_inner`, `multi_tensor`, `saddle`, `nan_outer`;
+- `finite_difference(ref, outer, eps)`: central differences of ``ref.value``.
+"""
+
+from ._base import ReferenceProblem, finite_difference
+from .quadratic import imaml_proximal, quadratic, unrolled_gd_quadratic
+from .ridge import ridge, weighted_ridge
+
+__all__ = [
+    "ReferenceProblem",
+    "finite_difference",
+    "imaml_proximal",
+    "quadratic",
+    "ridge",
+    "unrolled_gd_quadratic",
+    "weighted_ridge",
+]

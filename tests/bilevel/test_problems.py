@@ -1,0 +1,297 @@
+"""The reference problems prove their own closed forms (float64):
+
+(i) ``solve_inner`` is stationary for the problem's own ``inner_loss`` (autograd);
+(ii) ``hypergrad`` equals central finite differences of ``value`` and autograd through the exact solve;
+(iii) ``inner_hessian`` equals ``torch.func.hessian`` of ``inner_loss``;
+(iv) P5's unrolled closed forms equal autograd through an explicit T-step loop;
+(v) P2's ``optimum()`` is a stationary point of F.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import grad, hessian
+
+from bilevel import problems as P
+from bilevel.tree import flatten, unflatten
+
+DT = torch.float64  # never change the global default dtype: other test modules share the process
+
+CASES = {
+    "ridge": lambda: P.ridge(),
+    "ridge-per_feature": lambda: P.ridge(per_feature=True),
+    "ridge-log": lambda: P.ridge(log_lambda=True),
+    "ridge-per_feature-log": lambda: P.ridge(per_feature=True, log_lambda=True),
+    "ridge-ill-log": lambda: P.ridge(ill_conditioned=True, log_lambda=True),
+    "ridge-rankdef-log": lambda: P.ridge(rank_deficient=True, log_lambda=True, p=8, n=6),
+    "quadratic": lambda: P.quadratic(),
+    "quadratic-illcond": lambda: P.quadratic(dx=2, dy=6, mu=1e-3, L=10.0, coupling=3.0, seed=1),
+    "weighted_ridge": lambda: P.weighted_ridge(),
+    "weighted_ridge-direct": lambda: P.weighted_ridge(weights="direct", gamma=0.3),
+    "unrolled_gd_quadratic": lambda: P.unrolled_gd_quadratic(),
+    "imaml_proximal": lambda: P.imaml_proximal(),
+}
+# Errors measured by the tests are stored here and printed by test_report (run with -s to see them).
+MEASURED: dict[str, dict[str, float]] = {}
+
+
+def rel(a: dict, b: dict) -> float:
+    fa, fb = flatten(a), flatten(b)
+    return float((fa - fb).norm() / fb.norm().clamp_min(1e-300))
+
+
+def record(name: str, what: str, err: float) -> None:
+    MEASURED.setdefault(name, {})[what] = err
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    return request.param, CASES[request.param]()
+
+
+def autograd_hypergrad(ref, fn=None) -> dict:
+    fn = ref.value if fn is None else fn
+    outer = {k: v.detach().clone().requires_grad_(True) for k, v in ref.outer.items()}
+    keys = list(outer)
+    out = fn(outer)
+    if not out.requires_grad:  # F does not depend on the outer variable at all
+        return {k: torch.zeros_like(v) for k, v in outer.items()}
+    gs = torch.autograd.grad(out, [outer[k] for k in keys], allow_unused=True)
+    return {k: torch.zeros_like(outer[k]) if g is None else g for k, g in zip(keys, gs)}
+
+
+def test_inner_solution_is_stationary(case):
+    name, ref = case
+    outer = ref.outer
+    theta = ref.solve_inner(outer)
+    g = grad(lambda inner: ref.problem.inner_loss(inner, outer, None))(theta)
+    gnorm = float(flatten(g).norm())
+    record(name, "inner_grad_norm", gnorm)
+    assert gnorm <= 1e-10
+
+
+def test_hypergrad_matches_finite_differences(case):
+    name, ref = case
+    hg = ref.hypergrad(ref.outer)
+    assert set(hg) == set(ref.outer)
+    for k in hg:
+        assert hg[k].shape == ref.outer[k].shape, k
+    fd = P.finite_difference(ref, ref.outer)
+    err = rel(hg, fd)
+    record(name, "closed_vs_fd", err)
+    assert err <= 1e-6
+
+
+def test_hypergrad_matches_autograd_through_exact_solve(case):
+    name, ref = case
+    err = rel(ref.hypergrad(ref.outer), autograd_hypergrad(ref)) if name != "unrolled_gd_quadratic" else 0.0
+    if name == "unrolled_gd_quadratic":  # argmin form: F is constant, both are exactly zero
+        assert all(bool((v == 0).all()) for v in autograd_hypergrad(ref).values())
+        assert all(bool((v == 0).all()) for v in ref.hypergrad(ref.outer).values())
+    record(name, "closed_vs_autograd", err)
+    assert err <= 1e-10
+
+
+def test_inner_hessian_matches_torch_func(case):
+    name, ref = case
+    outer = ref.outer
+    theta = ref.solve_inner(outer)
+
+    def g_flat(vec):
+        return ref.problem.inner_loss(unflatten(vec, theta), outer, None)
+
+    h = hessian(g_flat)(flatten(theta))
+    h_ref = ref.inner_hessian(outer)
+    d = flatten(theta).numel()
+    assert h_ref.shape == (d, d)
+    err = float((h - h_ref).norm() / h.norm())
+    record(name, "hessian", err)
+    assert err <= 1e-12
+    ev = torch.linalg.eigvalsh(h)
+    assert ev[0].item() == pytest.approx(ref.mu, rel=1e-8, abs=1e-12)
+    assert ev[-1].item() == pytest.approx(ref.L, rel=1e-8)
+    assert ref.strongly_convex == (ev[0].item() > 0)
+
+
+def test_inner_init_is_not_the_solution(case):
+    _, ref = case
+    assert not torch.allclose(flatten(ref.inner_init), flatten(ref.solve_inner(ref.outer)))
+
+
+def test_deterministic_under_seed(case):
+    name, ref = case
+    again = CASES[name]()
+    assert torch.equal(flatten(ref.outer), flatten(again.outer))
+    assert torch.equal(flatten(ref.hypergrad(ref.outer)), flatten(again.hypergrad(again.outer)))
+
+
+# ---------------------------------------------------------------------------------------------- P1 ridge
+
+
+def test_ridge_scalar_lambda_is_0dim_and_formula():
+    ref = P.ridge()
+    assert ref.outer["lam"].dim() == 0 and ref.hypergrad(ref.outer)["lam"].dim() == 0
+    X, y, Xv, yv = (ref.data[k] for k in ("X", "y", "X_val", "y_val"))
+    n, p = X.shape
+    lam = ref.outer["lam"]
+    H = X.T @ X / n + lam * torch.eye(p, dtype=DT)
+    w = torch.linalg.solve(H, X.T @ y / n)
+    gf = Xv.T @ (Xv @ w - yv) / Xv.shape[0]
+    expected = -w @ torch.linalg.solve(H, gf)
+    assert torch.allclose(ref.hypergrad(ref.outer)["lam"], expected, rtol=1e-13, atol=0)
+
+
+def test_ridge_log_lambda_is_lambda_times_lambda_gradient():
+    plain, logged = P.ridge(per_feature=True), P.ridge(per_feature=True, log_lambda=True)
+    lam = plain.outer["lam"]
+    assert torch.allclose(logged.outer["log_lam"], lam.log())
+    assert torch.allclose(
+        logged.hypergrad(logged.outer)["log_lam"], lam * plain.hypergrad(plain.outer)["lam"]
+    )
+
+
+def test_ridge_variants_conditioning():
+    ill = P.ridge(ill_conditioned=True)
+    assert ill.L / ill.mu > 1e3
+    rd = P.ridge(rank_deficient=True, n=6, p=8)
+    assert int(torch.linalg.matrix_rank(rd.data["X"])) == 3
+    assert rd.mu == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_ridge_accepts_minibatches():
+    ref = P.ridge(n=40)
+    X, y = ref.data["X"], ref.data["y"]
+    theta = ref.solve_inner(ref.outer)
+    full = ref.problem.inner_loss(theta, ref.outer, None)
+    assert torch.allclose(ref.problem.inner_loss(theta, ref.outer, (X, y)), full)
+    halves = [ref.problem.inner_loss(theta, ref.outer, (X[s], y[s])) for s in (slice(0, 20), slice(20, 40))]
+    assert torch.allclose((halves[0] + halves[1]) / 2, full)
+    Xv, yv = ref.data["X_val"], ref.data["y_val"]
+    assert torch.allclose(ref.problem.outer_loss(theta, ref.outer, (Xv, yv)), ref.value(ref.outer))
+    with pytest.raises(TypeError, match="batch"):
+        ref.problem.inner_loss(theta, ref.outer, X)
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError, match="n must be"):
+        P.ridge(n=0)
+    with pytest.raises(ValueError, match="lam must have shape"):
+        P.ridge(per_feature=True, lam=torch.ones(3), p=5)
+    with pytest.raises(ValueError, match="mu"):
+        P.quadratic(mu=2.0, L=1.0)
+    with pytest.raises(ValueError, match="weights"):
+        P.weighted_ridge(weights="softmax")
+    with pytest.raises(ValueError, match="steps"):
+        P.unrolled_gd_quadratic(steps=-1)
+
+
+def test_float32_builds():
+    ref = P.ridge(dtype=torch.float32)
+    assert ref.outer["lam"].dtype == torch.float32
+    assert ref.hypergrad(ref.outer)["lam"].dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ P2 quadratic
+
+
+@pytest.mark.parametrize("kw", [{}, {"dx": 2, "dy": 6, "mu": 1e-3, "L": 10.0, "coupling": 3.0, "seed": 1}])
+def test_quadratic_optimum_is_stationary_point_of_F(kw):
+    ref = P.quadratic(**kw)
+    x_opt, f_opt = ref.optimum()
+    g = ref.hypergrad(x_opt)["x"]
+    assert float(g.norm()) <= 1e-10 * max(1.0, float(ref.data["M"].norm()))
+    assert torch.allclose(f_opt, ref.value(x_opt), rtol=1e-14)
+    # and a minimiser: F is larger nearby.
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        dx = 1e-2 * torch.randn(x_opt["x"].shape, generator=gen, dtype=DT)
+        assert ref.value({"x": x_opt["x"] + dx}) > f_opt
+    # M is F's Hessian.
+    assert torch.allclose(hessian(lambda x: ref.value({"x": x}))(x_opt["x"]), ref.data["M"], rtol=1e-10)
+
+
+def test_quadratic_spectrum_is_controlled():
+    ref = P.quadratic(dy=7, mu=0.1, L=20.0, coupling=2.5)
+    assert ref.mu == pytest.approx(0.1, rel=1e-10) and ref.L == pytest.approx(20.0, rel=1e-10)
+    assert float(torch.linalg.matrix_norm(ref.data["C"], ord=2)) == pytest.approx(2.5, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- P4 weighting
+
+
+def test_weighted_ridge_direct_point_on_capped_simplex_and_batches():
+    ref = P.weighted_ridge(weights="direct", n=20)
+    w = ref.outer["weights"]
+    assert float(w.sum()) == pytest.approx(10.0, rel=1e-12)
+    assert bool((w >= 0.1 - 1e-12).all() and (w <= 0.9 + 1e-12).all())
+    theta = ref.solve_inner(ref.outer)
+    X, y = ref.data["X"], ref.data["y"]
+    idx = torch.arange(20)
+    full = ref.problem.inner_loss(theta, ref.outer, None)
+    assert torch.allclose(ref.problem.inner_loss(theta, ref.outer, (X, y, idx)), full)
+    halves = [ref.problem.inner_loss(theta, ref.outer, (X[i], y[i], i)) for i in (idx[:10], idx[10:])]
+    assert torch.allclose((halves[0] + halves[1]) / 2, full)
+
+
+def test_weighted_ridge_sigmoid_chain_rule():
+    """∂F/∂x = σ'(x) ⊙ ∂F/∂s: the sigmoid and direct parametrisations agree at s = σ(x)."""
+    sig = P.weighted_ridge(gamma=0.2)
+    x = sig.outer["x"]
+    direct = P.weighted_ridge(weights="direct", gamma=0.2)
+    g_s = direct.hypergrad({"weights": torch.sigmoid(x)})["weights"]
+    ds = torch.sigmoid(x) * (1 - torch.sigmoid(x))
+    assert torch.allclose(sig.hypergrad(sig.outer)["x"], ds * g_s, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ P5 unrolled
+
+
+def _loop(ref, outer):
+    A, b = ref.data["A"], ref.data["b"]
+    w = outer["w0"]
+    for _ in range(ref.steps):
+        w = w - outer["lr"] * (A @ w - b)
+    return w
+
+
+@pytest.mark.parametrize("steps", [0, 1, 10, 40])
+def test_unrolled_closed_forms_match_explicit_loop(steps):
+    ref = P.unrolled_gd_quadratic(steps=steps)
+    outer = {k: v.detach().clone().requires_grad_(True) for k, v in ref.outer.items()}
+    w_T = _loop(ref, outer)
+    assert torch.allclose(w_T, ref.unrolled_inner(ref.outer)["w"], rtol=1e-13, atol=1e-14)
+    loss = 0.5 * ((w_T - ref.data["w_tgt"]) ** 2).sum()
+    assert torch.allclose(loss, ref.unrolled_value(ref.outer), rtol=1e-13)
+    g_lr, g_w0 = torch.autograd.grad(loss, [outer["lr"], outer["w0"]], allow_unused=True)
+    g_lr = torch.zeros((), dtype=DT) if g_lr is None else g_lr
+    closed = ref.unrolled_hypergrad(ref.outer)
+    assert closed["lr"].dim() == 0
+    err = rel(closed, {"lr": g_lr, "w0": g_w0})
+    record(f"unrolled_gd_quadratic-T{steps}", "closed_vs_loop_autograd", err)
+    assert err <= 1e-10
+    fd_err = rel(closed, P.finite_difference(ref, ref.outer, fn=ref.unrolled_value))
+    record(f"unrolled_gd_quadratic-T{steps}", "closed_vs_fd", fd_err)
+    assert fd_err <= 1e-6
+
+
+def test_unrolled_inner_init_is_outer_w0():
+    ref = P.unrolled_gd_quadratic()
+    assert ref.inner_init["w"] is ref.outer["w0"]
+    assert ref.outer["lr"].dim() == 0 and ref.outer["lr"].item() < 2 / ref.L
+
+
+# -------------------------------------------------------------------------------------------- P6 iMAML
+
+
+def test_imaml_jacobian_is_lam_times_inverse():
+    ref = P.imaml_proximal(lam=3.0)
+    jac = torch.func.jacrev(lambda t: ref.solve_inner({"theta": t})["phi"])(ref.outer["theta"])
+    A = ref.data["A"]
+    assert torch.allclose(jac, 3.0 * torch.linalg.inv(A + 3.0 * torch.eye(A.shape[0], dtype=DT)), rtol=1e-12)
+
+
+def test_report():
+    """Print the measured errors (pytest -s)."""
+    for name in sorted(MEASURED):
+        print(name, {k: f"{v:.1e}" for k, v in MEASURED[name].items()})
