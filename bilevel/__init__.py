@@ -1,0 +1,41 @@
+"""bilevel: hypergradients for min_λ f(θ*(λ), λ) s.t. θ*(λ) = argmin_θ g(θ, λ), on torch.func.
+
+Solvers (one object each, one method ``hypergrad(problem, inner_init, outer, inner_data, outer_data)``):
+`Unrolled` (reverse mode through the inner trajectory; truncated; checkpointed), `Implicit` (implicit function
+theorem with linear solvers `CG`, `Neumann`, `FixedPoint`, `Direct`) and `FirstOrder` (partial, DARTS-style
+identity, F2SA penalty). `minimize` runs the projected outer loop (`Box`, `CappedSimplex`, `top_k`);
+`check_hypergrad` verifies a solver on your problem; `problems` holds reference problems with closed forms;
+`optim` holds differentiable functional optimizers; `FunctionalModule` makes an ``nn.Module`` a pure function
+with an explicit BatchNorm-buffer policy.
+"""
+
+from . import optim, problems
+from .check import HypergradCheck, check_hypergrad
+from .first_order import FirstOrder
+from .hypergrad import Hypergrad
+from .implicit import Implicit
+from .linear_solvers import CG, Direct, FixedPoint, IndefiniteHessianError, Neumann
+from .modules import FunctionalModule
+from .outer_loop import MinimizeResult, minimize
+from .problem import BilevelProblem
+from .unrolled import Unrolled
+
+__all__ = [
+    "BilevelProblem",
+    "Unrolled",
+    "Implicit",
+    "FirstOrder",
+    "CG",
+    "Neumann",
+    "FixedPoint",
+    "Direct",
+    "IndefiniteHessianError",
+    "minimize",
+    "MinimizeResult",
+    "check_hypergrad",
+    "HypergradCheck",
+    "Hypergrad",
+    "FunctionalModule",
+    "optim",
+    "problems",
+]

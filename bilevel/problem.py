@@ -16,7 +16,8 @@ from torch import Tensor
 
 Params = dict[str, Tensor]
 Loss = Callable[[Params, Params, Any], Tensor]
-# What a solver accepts as data: None (loss gets batch=None), an iterable of batches, or a callable step -> batch.
+# What a solver accepts as data: None (loss gets batch=None), an iterable of batches,
+# or a callable step -> batch.
 Data = None | Iterable[Any] | Callable[[int], Any]
 
 

@@ -1,0 +1,167 @@
+"""First-order hypergradients: no Hessian solve.
+
+- ``"partial"``: ∇F ≈ ∂_λ f(θ_T, λ). Exact when f's dependence through θ* is nil or ignored on purpose; it is
+  what the worst-case forget-set paper's code computes (a signSGD lower level has zero derivative a.e.).
+- ``"identity"`` (DARTS, T1–T2): H⁻¹ ≈ c·I, so ∇F ≈ ∂_λ f − c · ∇²_λθ g · ∂_θ f. The mixed product is the
+  central difference [∇_λ g(θ + εv) − ∇_λ g(θ − εv)] / 2ε with v = ∂_θ f and ε = eps/‖v‖ (DARTS), or exact
+  with ``finite_difference=False``. c is the inner optimizer's learning rate ξ in DARTS's derivation.
+- ``"f2sa"``: the penalty method F2SA (Kwon et al. 2023), gradients only. With z ≈ argmin_θ g and
+  y ≈ argmin_θ g + f/σ,  ∇F ≈ ∂_λ f(y, λ) + σ(∂_λ g(y, λ) − ∂_λ g(z, λ)),  an O(1/σ)-accurate estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from . import tree
+from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
+from .inner import inner_grad, run_inner
+from .linearize import linearize, outer_partials
+from .problem import BilevelProblem, Data, DataStream
+from .tree import Params, check_finite
+
+MODES = ("partial", "identity", "f2sa")
+
+
+def _lambda_grad_of_inner(problem: BilevelProblem, theta: Params, lam: Params, batch: Any) -> Params:
+    """∂_λ g(θ, λ)."""
+    lam_l = {k: v.detach().requires_grad_(True) for k, v in lam.items()}
+    with torch.enable_grad():
+        value = check_scalar(problem.inner_loss(tree.detach(theta), lam_l, batch), "inner_loss")
+        got = torch.autograd.grad(value, list(lam_l.values()), allow_unused=True)
+    return {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(lam_l.items(), got)}
+
+
+class _ScaledOuter:
+    """g + f/σ as an inner objective (F2SA's y-problem)."""
+
+    def __init__(self, problem: BilevelProblem, sigma: float, outer_batch: Any) -> None:
+        self.problem, self.sigma, self.outer_batch = problem, sigma, outer_batch
+
+    def inner_loss(self, inner: Params, outer: Params, batch: Any):
+        g = self.problem.inner_loss(inner, outer, batch)
+        return g + self.problem.outer_loss(inner, outer, self.outer_batch) / self.sigma
+
+
+class FirstOrder:
+    """First-order hypergradients (see module docstring for the three modes).
+
+    Parameters
+    ----------
+    optimizer, steps: the inner solver (``steps=0``: ``inner_init`` is the solution).
+    mode: ``"partial"`` | ``"identity"`` | ``"f2sa"``.
+    c: the H⁻¹ ≈ c·I scale of ``"identity"``.
+    eps, finite_difference: the DARTS finite-difference radius (ε = eps/‖∂_θ f‖), or an exact mixed product.
+    sigma, penalty_steps: F2SA's penalty σ and the number of inner steps on g + f/σ (warm-started at z;
+        default ``steps``).
+    """
+
+    def __init__(
+        self,
+        optimizer: Any = None,
+        steps: int = 0,
+        mode: str = "partial",
+        *,
+        c: float = 1.0,
+        eps: float = 0.01,
+        finite_difference: bool = True,
+        sigma: float = 100.0,
+        penalty_steps: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.steps = positive_int(steps, "steps", allow_zero=True)
+        if (steps > 0 or mode == "f2sa") and not (hasattr(optimizer, "init") and hasattr(optimizer, "step")):
+            raise TypeError(
+                "optimizer must be a bilevel.optim optimizer (e.g. optim.SGD(lr=0.1)) "
+                "when steps > 0 or mode='f2sa'"
+            )
+        if not c > 0:
+            raise ValueError(f"c must be > 0, got {c!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        if penalty_steps is not None:
+            positive_int(penalty_steps, "penalty_steps")
+        self.optimizer, self.mode, self.c, self.eps = optimizer, mode, float(c), float(eps)
+        self.finite_difference, self.sigma = finite_difference, float(sigma)
+        self.penalty_steps = penalty_steps
+
+    def __repr__(self) -> str:
+        return f"FirstOrder(mode={self.mode!r}, steps={self.steps}, optimizer={self.optimizer!r})"
+
+    def hypergrad(
+        self,
+        problem: BilevelProblem,
+        inner_init: Params,
+        outer: Params,
+        inner_data: Data = None,
+        outer_data: Data = None,
+    ) -> Hypergrad:
+        start = time.perf_counter()
+        validate_call(problem, inner_init, outer)
+        stream = DataStream(inner_data, "inner_data")
+        outer_batch = DataStream(outer_data, "outer_data")(0)
+        lam = tree.detach(outer)
+        theta = tree.detach(inner_init)
+        if self.steps:
+            theta, _ = run_inner(problem, self.optimizer, theta, lam, stream, start=0, stop=self.steps)
+        check_finite(theta, f"the inner solution after {self.steps} steps")
+        batch = stream(self.steps)
+        d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
+        check_finite(d_lam, "∂f/∂λ at the inner solution")
+        info: dict[str, Any] = {"mode": self.mode, "inner_steps": self.steps, "hvp_count": 0}
+        if self.mode == "partial":
+            grad = d_lam
+        elif self.mode == "identity":
+            check_finite(d_theta, "∂f/∂θ at the inner solution")
+            grad = tree.sub(d_lam, tree.scale(self._mixed(problem, theta, lam, batch, d_theta), self.c))
+        else:
+            grad, extra = self._f2sa(problem, theta, lam, stream, batch, outer_batch)
+            info.update(extra)
+        check_finite(grad, "the first-order hypergradient")
+        g_theta, g_value = inner_grad(problem, theta, lam, batch)
+        info.update(
+            seconds=time.perf_counter() - start,
+            outer_loss=float(f_value),
+            inner_loss=float(g_value),
+            inner_grad_norm=float(tree.norm(g_theta)),
+        )
+        return Hypergrad(grad=tree.detach(grad), inner=tree.detach(theta), info=info)
+
+    def _mixed(self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params) -> Params:
+        """∇²_λθ g · v, by central differences (DARTS) or exactly."""
+        if not self.finite_difference:
+            return linearize(problem, theta, lam, batch).mixed(v)
+        v_norm = float(tree.norm(v))
+        if v_norm == 0.0:
+            return tree.zeros_like(lam)
+        eps = self.eps / v_norm
+        plus = _lambda_grad_of_inner(problem, tree.add(theta, v, eps), lam, batch)
+        minus = _lambda_grad_of_inner(problem, tree.add(theta, v, -eps), lam, batch)
+        return tree.scale(tree.sub(plus, minus), 1.0 / (2 * eps))
+
+    def _f2sa(
+        self,
+        problem: BilevelProblem,
+        z: Params,
+        lam: Params,
+        stream: DataStream,
+        batch: Any,
+        outer_batch: Any,
+    ) -> tuple[Params, dict[str, Any]]:
+        n = self.penalty_steps or max(self.steps, 1)
+        penalised = _ScaledOuter(problem, self.sigma, outer_batch)
+        y, _ = run_inner(
+            penalised, self.optimizer, z, lam, stream, start=self.steps, stop=self.steps + n, record=False
+        )  # type: ignore[arg-type]
+        check_finite(y, "F2SA's penalised inner iterate y")
+        _, d_lam_y, _ = outer_partials(problem, y, lam, outer_batch)
+        gy = _lambda_grad_of_inner(problem, y, lam, batch)
+        gz = _lambda_grad_of_inner(problem, z, lam, batch)
+        grad = tree.add(d_lam_y, tree.sub(gy, gz), self.sigma)
+        return grad, {"sigma": self.sigma, "penalty_steps": n}

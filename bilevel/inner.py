@@ -1,0 +1,108 @@
+"""Running the inner optimizer: θ_{t+1}, s_{t+1} = step(θ_t, ∇_θ g(θ_t, λ; batch_t), s_t).
+
+Gradients are taken with reverse-mode autograd. With ``create_graph=True`` the trajectory stays on the graph,
+so it can be differentiated (unrolled hypergradients); otherwise every step is detached and memory is O(d_θ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from .hypergrad import check_scalar
+from .modules import recording_buffers
+from .problem import BilevelProblem, DataStream
+from .tree import Params, check_finite
+
+
+def inner_grad(
+    problem: BilevelProblem, inner: Params, outer: Params, batch: Any, *, create_graph: bool = False
+) -> tuple[Params, Tensor]:
+    """(∇_θ g(θ, λ; batch), g) with autograd. Unused entries of θ get zero gradients."""
+    with torch.enable_grad():
+        if not create_graph:
+            inner = {k: v.detach().requires_grad_(True) for k, v in inner.items()}
+            outer = {k: v.detach() for k, v in outer.items()}
+        else:
+            inner = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in inner.items()}
+        value = check_scalar(problem.inner_loss(inner, outer, batch), "inner_loss")
+        grads = torch.autograd.grad(value, list(inner.values()), create_graph=create_graph, allow_unused=True)
+    out = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(inner.items(), grads)}
+    return out, value
+
+
+def run_inner(
+    problem: BilevelProblem,
+    optimizer: Any,
+    inner: Params,
+    outer: Params,
+    stream: DataStream,
+    *,
+    start: int,
+    stop: int,
+    state: Any = None,
+    create_graph: bool = False,
+    record: bool = True,
+) -> tuple[Params, Any]:
+    """Steps ``start .. stop-1`` of the inner optimizer; returns the last iterate and optimizer state.
+
+    ``record``: let ``buffers="track"`` modules store their running statistics (off when replaying steps).
+    """
+    if state is None:
+        state = optimizer.init(inner)
+    for t in range(start, stop):
+        with recording_buffers(record):
+            grads, _ = inner_grad(problem, inner, outer, stream(t), create_graph=create_graph)
+        if create_graph:
+            inner, state = optimizer.step(inner, grads, state)
+        else:
+            with torch.no_grad():
+                inner, state = optimizer.step(detach_tree(inner), grads, detach_tree(state))
+            # A NaN here would otherwise surface much later, far from its cause.
+            if t == stop - 1 or (t - start) % 50 == 49:
+                check_finite(inner, f"the inner iterate at step {t + 1}")
+    return inner, state
+
+
+def detach_tree(tree: Any) -> Any:
+    """Detach every tensor leaf of a pytree (dicts, lists, tuples)."""
+    return pytree.tree_map(lambda x: x.detach() if isinstance(x, Tensor) else x, tree)
+
+
+def tensor_leaves(tree: Any) -> list[Tensor]:
+    return [x for x in pytree.tree_leaves(tree) if isinstance(x, Tensor)]
+
+
+def replace_tensor_leaves(tree: Any, new: list[Tensor]) -> Any:
+    leaves, spec = pytree.tree_flatten(tree)
+    it: Iterator[Tensor] = iter(new)
+    leaves = [next(it) if isinstance(x, Tensor) else x for x in leaves]
+    return pytree.tree_unflatten(leaves, spec)
+
+
+@contextlib.contextmanager
+def rng_restored(state: tuple[Tensor, list[Tensor]] | None) -> Iterator[None]:
+    """Run a block with the given (CPU, CUDA) RNG state, restoring the current one afterwards."""
+    if state is None:
+        yield
+        return
+    cpu_now = torch.get_rng_state()
+    cuda_now = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_now)
+        if cuda_now:
+            torch.cuda.set_rng_state_all(cuda_now)
+
+
+def rng_state() -> tuple[Tensor, list[Tensor]]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])

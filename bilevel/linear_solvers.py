@@ -1,0 +1,249 @@
+"""Linear solvers for the implicit-function-theorem system H v = b, with H = ∇²_θθ g(θ*, λ) and b = ∇_θ f.
+
+Each solver is a small frozen object with one method, ``solve(hvp, b, x0=None) -> (v, stats)``, where
+``hvp(v) = H v`` on parameter dicts and ``stats`` holds ``iterations``, ``hvp_count`` and ``residual``
+(‖Hv − b‖ / ‖b‖, measured with one extra HVP where the method does not track it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import tree
+from .tree import Params
+
+HVP = Callable[[Params], Params]
+
+
+class IndefiniteHessianError(ArithmeticError):
+    """CG met a direction of non-positive curvature: H is not positive definite at the inner solution."""
+
+
+def _relative_residual(hvp: HVP, x: Params, b: Params, b_norm: float) -> float:
+    r = tree.sub(b, hvp(x))
+    return float(tree.norm(r)) / max(b_norm, 1e-300)
+
+
+def _check_common(max_iter: int, tol: float) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
+@dataclass(frozen=True)
+class CG:
+    """Conjugate gradient on (H + δI) v = b, for symmetric positive-definite H (an argmin's Hessian).
+
+    Stops when ‖r_k‖ ≤ tol·‖b‖ or after ``max_iter`` iterations. If a search direction p has pᵀ(H+δI)p ≤ 0,
+    H is not positive definite and CG's answer would be meaningless: ``on_indefinite="raise"``
+    (default) raises
+    `IndefiniteHessianError`, ``"warn"`` stops, returns the current iterate and sets ``stats["indefinite"]``.
+    Unlike normal-equation CG (torchopt's and JAXopt's default) this does not square the condition number.
+    """
+
+    max_iter: int = 100
+    tol: float = 1e-10
+    damping: float = 0.0
+    on_indefinite: str = "raise"
+
+    def __post_init__(self) -> None:
+        _check_common(self.max_iter, self.tol)
+        if not (self.damping >= 0 and math.isfinite(self.damping)):
+            raise ValueError(f"damping must be a finite number >= 0, got {self.damping!r}")
+        if self.on_indefinite not in ("raise", "warn"):
+            raise ValueError(f"on_indefinite must be 'raise' or 'warn', got {self.on_indefinite!r}")
+
+    def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
+        op = hvp if self.damping == 0 else (lambda v: tree.add(hvp(v), v, self.damping))
+        b_norm = float(tree.norm(b))
+        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0, "indefinite": False}
+        if b_norm == 0.0:
+            stats["residual"] = 0.0
+            return tree.zeros_like(b), stats
+        if x0 is None:
+            x, r = tree.zeros_like(b), dict(b)
+        else:
+            x = x0
+            r = tree.sub(b, op(x))
+            stats["hvp_count"] += 1
+        p = dict(r)
+        rs = tree.dot(r, r)
+        target = (self.tol * b_norm) ** 2
+        for _ in range(self.max_iter):
+            if float(rs) <= target:
+                break
+            hp = op(p)
+            stats["hvp_count"] += 1
+            curvature = tree.dot(p, hp)
+            if not float(curvature) > 0:
+                stats["indefinite"] = True
+                if self.on_indefinite == "raise":
+                    raise IndefiniteHessianError(
+                        f"CG met non-positive curvature pᵀHp = {float(curvature):.3e} at iteration "
+                        f"{stats['iterations']}: the inner Hessian is not positive definite at the returned "
+                        "solution (a saddle or an unconverged inner solve). Fixes: solve the inner problem "
+                        "further, add CG(damping=...), or use Direct() / FixedPoint()."
+                    )
+                break
+            alpha = rs / curvature
+            x = tree.add(x, p, alpha)
+            r = tree.add(r, hp, -alpha)
+            rs_new = tree.dot(r, r)
+            p = tree.add(r, p, rs_new / rs)
+            rs = rs_new
+            stats["iterations"] += 1
+        stats["residual"] = math.sqrt(max(float(rs), 0.0)) / b_norm
+        return x, stats
+
+
+def _power_alpha(hvp: HVP, b: Params, iters: int = 20) -> tuple[float, int]:
+    """α = 1 / λ_max(H) from a power iteration started at b (``iters`` HVPs)."""
+    v = tree.scale(b, 1.0 / max(float(tree.norm(b)), 1e-300))
+    lam = 0.0
+    for _ in range(iters):
+        hv = hvp(v)
+        lam = float(tree.norm(hv))
+        if lam == 0.0:
+            break
+        v = tree.scale(hv, 1.0 / lam)
+    # A 5% margin: the power iteration under-estimates λ_max, and α must stay below 2/λ_max.
+    return (1.0 / (1.05 * lam) if lam > 0 else 1.0), iters
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Truncated Neumann series: v_K = α Σ_{k=0}^{K} (I − αH)^k b  (Lorraine et al. 2020).
+
+    Converges to H⁻¹b when 0 < α < 2/λ_max(H); the truncation error decays like (1 − αμ)^K. ``alpha=None``
+    sets α = 1/λ_max from a 20-step power iteration. Always runs ``max_iter`` terms unless ``tol`` > 0 and
+    the residual is below it (checked each ``check_every`` terms, one HVP each).
+    """
+
+    alpha: float | None = None
+    max_iter: int = 100
+    tol: float = 0.0
+    check_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check_common(self.max_iter, self.tol)
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a positive finite number (below 2/λ_max(H)), got {self.alpha!r}")
+
+    def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
+        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
+        alpha = self.alpha
+        if alpha is None:
+            alpha, n = _power_alpha(hvp, b)
+            stats["hvp_count"] += n
+        stats["alpha"] = alpha
+        b_norm = float(tree.norm(b))
+        term = dict(b)  # (I − αH)^k b
+        total = dict(b)
+        for k in range(self.max_iter):
+            term = tree.add(term, hvp(term), -alpha)
+            total = tree.add(total, term)
+            stats["hvp_count"] += 1
+            stats["iterations"] = k + 1
+            if self.tol > 0 and (k + 1) % self.check_every == 0:
+                x = tree.scale(total, alpha)
+                res = _relative_residual(hvp, x, b, b_norm)
+                stats["hvp_count"] += 1
+                if res <= self.tol:
+                    stats["residual"] = res
+                    return x, stats
+        x = tree.scale(total, alpha)
+        stats["residual"] = _relative_residual(hvp, x, b, b_norm)
+        stats["hvp_count"] += 1
+        return x, stats
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Richardson / fixed-point iteration v ← v + α(b − Hv), warm-startable, stopped at ‖b − Hv‖ ≤ tol·‖b‖.
+
+    The same contraction as `Neumann` (from v₀ = 0 the iterates coincide with its partial sums), but it
+    tracks the residual at no extra cost and accepts a warm start.
+    ``alpha=None``: α = 1/λ_max (power iteration).
+    """
+
+    alpha: float | None = None
+    max_iter: int = 500
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check_common(self.max_iter, self.tol)
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a positive finite number (below 2/λ_max(H)), got {self.alpha!r}")
+
+    def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
+        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
+        alpha = self.alpha
+        if alpha is None:
+            alpha, n = _power_alpha(hvp, b)
+            stats["hvp_count"] += n
+        stats["alpha"] = alpha
+        b_norm = max(float(tree.norm(b)), 1e-300)
+        x = tree.zeros_like(b) if x0 is None else x0
+        r = dict(b) if x0 is None else tree.sub(b, hvp(x))
+        stats["hvp_count"] += 0 if x0 is None else 1
+        res = float(tree.norm(r)) / b_norm
+        while stats["iterations"] < self.max_iter and res > self.tol:
+            x = tree.add(x, r, alpha)
+            r = tree.sub(b, hvp(x))
+            stats["hvp_count"] += 1
+            stats["iterations"] += 1
+            res = float(tree.norm(r)) / b_norm
+            if not math.isfinite(res):
+                raise FloatingPointError(
+                    f"FixedPoint diverged (residual {res}) with alpha={alpha}: alpha must be below 2/λ_max(H)"
+                )
+        stats["residual"] = res
+        return x, stats
+
+
+@dataclass(frozen=True)
+class Direct:
+    """Dense solve: materialise H column by column (d_θ HVPs), then ``torch.linalg.solve``.
+
+    Exact up to rounding and valid for any non-singular H (indefinite included). Cost O(d_θ) HVPs plus
+    O(d_θ³); refused above ``max_dim`` unknowns.
+    """
+
+    max_dim: int = 4096
+
+    def matrix(self, hvp: HVP, like: Params) -> Tensor:
+        """The dense d_θ × d_θ matrix of ``hvp`` (columns H e_j)."""
+        n = tree.numel(like)
+        if n > self.max_dim:
+            raise ValueError(
+                f"Direct() would materialise a {n}x{n} Hessian (max_dim={self.max_dim}); "
+                "use CG() for large inner problems or raise max_dim"
+            )
+        flat = tree.flatten(like)
+        cols = []
+        for j in range(n):
+            e = torch.zeros_like(flat)
+            e[j] = 1.0
+            cols.append(tree.flatten(hvp(tree.unflatten(e, like))))
+        return torch.stack(cols, dim=1)
+
+    def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
+        H = self.matrix(hvp, b)
+        bf = tree.flatten(b)
+        try:
+            xf = torch.linalg.solve(H, bf)
+        except RuntimeError as exc:  # singular
+            raise ArithmeticError(
+                "Direct(): the inner Hessian is singular at the returned solution; regularise the inner "
+                "problem or use CG(damping=...)"
+            ) from exc
+        res = float(torch.linalg.vector_norm(H @ xf - bf)) / max(float(torch.linalg.vector_norm(bf)), 1e-300)
+        stats = {"iterations": 1, "hvp_count": H.shape[0], "residual": res}
+        return tree.unflatten(xf, b), stats

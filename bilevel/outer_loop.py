@@ -1,0 +1,115 @@
+"""The outer loop: projected first-order descent on F(λ) with any hypergradient solver.
+
+    λ_{k+1} = Π_C( step(λ_k, ∇F(λ_k)) )
+
+The inner solution of step k is the next step's ``inner_init`` (warm start), so a solver with few inner steps
+tracks θ*(λ) across outer steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import tree
+from .hypergrad import Hypergrad, positive_int
+from .problem import BilevelProblem, Data, DataStream
+from .tree import Params, as_params
+
+
+@dataclass
+class MinimizeResult:
+    """``outer``: the last outer iterate; ``inner``: the last inner solution; ``history``: one dict per step
+    (``step``, ``outer_loss``, ``grad_norm``, ``seconds``, and the solver's ``info``)."""
+
+    outer: Params
+    inner: Params
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _project(constraint: Any, outer: Params) -> Params:
+    if constraint is None:
+        return outer
+    if isinstance(constraint, dict):
+        unknown = set(constraint) - set(outer)
+        if unknown:
+            raise KeyError(
+                f"constraint names entries {sorted(unknown)} that are not in outer ({sorted(outer)})"
+            )
+        return {k: (constraint[k].project(v) if k in constraint else v) for k, v in outer.items()}
+    if len(outer) != 1:
+        raise ValueError(
+            "a single constraint needs a single outer entry; pass constraint={name: Box(...), ...} instead"
+        )
+    ((k, v),) = outer.items()
+    return {k: constraint.project(v)}
+
+
+def minimize(
+    problem: BilevelProblem,
+    solver: Any,
+    outer_init: Params,
+    optimizer: Any,
+    steps: int,
+    constraint: Any = None,
+    callback: Callable[[int, Params, Hypergrad], bool | None] | None = None,
+    *,
+    inner_init: Params,
+    inner_data: Data = None,
+    outer_data: Data = None,
+    warm_start_inner: bool = True,
+) -> MinimizeResult:
+    """Run ``steps`` projected outer steps of ``optimizer`` (a `bilevel.optim` optimizer) on F.
+
+    ``constraint``: ``None``, one constraint (``Box``, ``CappedSimplex``; needs a single outer entry) or a
+    dict ``{outer name: constraint}``; applied after every step and once to ``outer_init``.
+    ``callback(step, outer, hypergrad)`` runs after each step; returning True stops early.
+    Inner data streams continue across outer steps (each outer step consumes ``solver.steps + 1`` batches);
+    outer data gives one batch per outer step.
+    """
+    positive_int(steps, "steps")
+    as_params(outer_init, "outer_init")
+    as_params(inner_init, "inner_init")
+    if not hasattr(solver, "hypergrad"):
+        raise TypeError(
+            "solver must be a hypergradient solver: Unrolled(...), Implicit(...) or FirstOrder(...)"
+        )
+    inner_stream = DataStream(inner_data, "inner_data")
+    outer_stream = DataStream(outer_data, "outer_data")
+    per_step = getattr(solver, "steps", 0) + 1
+    outer = _project(constraint, tree.detach(outer_init))
+    state = optimizer.init(outer)
+    inner = tree.detach(inner_init)
+    history: list[dict[str, Any]] = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        offset = k * per_step
+        ob = outer_stream(k)
+        hg = solver.hypergrad(
+            problem,
+            inner,
+            outer,
+            inner_data=(None if inner_data is None else (lambda t, o=offset: inner_stream(o + t))),
+            outer_data=(None if outer_data is None else (lambda _t, b=ob: b)),
+        )
+        with torch.no_grad():
+            outer, state = optimizer.step(outer, hg.grad, state)
+            outer = _project(constraint, tree.detach(outer))
+        if warm_start_inner:
+            inner = hg.inner
+        history.append(
+            {
+                "step": k,
+                "outer_loss": hg.info.get("outer_loss"),
+                "grad_norm": float(tree.norm(hg.grad)),
+                "seconds": time.perf_counter() - t0,
+                "info": hg.info,
+            }
+        )
+        if callback is not None and callback(k, outer, hg):
+            break
+    return MinimizeResult(outer=outer, inner=inner, history=history)
