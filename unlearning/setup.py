@@ -1,0 +1,200 @@
+"""Everything an unlearning experiment starts from: ``prepare(dataset, model, forget) -> Prepared``.
+
+Load the dataset → one split (pool / val / test) from ``seed`` → the forget set inside the pool → the original
+model trained on the pool (cached) → on demand, the Retrain model, trained from the same initialisation with
+the same recipe and batch-order seed on D_r = pool \\ D_f (cached too). One ``seed`` drives the split, the
+forget set, the initial weights and the batch order; the dataset's own test split is fixed by ``data_seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import augment as augment_mod
+from . import cache, datasets, models, splits
+from .data_types import Augment, Task
+from .datasets import Dataset
+from .splits import Split
+from .training import Recipe, default_recipe, train
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, checking that it exists (``ValueError`` naming the fix otherwise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} not understood: use cpu or cuda (or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s), use cuda:0"
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"device {device!r} not supported: use cpu or cuda")
+    return dev
+
+
+@dataclass
+class Prepared:
+    """A ready experiment: ``task`` (on ``device``), the trained ``original`` model and the ``recipe``."""
+
+    dataset: Dataset
+    split: Split
+    task: Task
+    original: nn.Module
+    original_seconds: float
+    original_from_cache: bool
+    recipe: Recipe
+    model_name: str
+    model_opts: dict
+    seed: int
+    device: torch.device
+    augment: Augment | None
+    cache_dir: str | os.PathLike | None
+    use_cache: bool
+    forget: str
+    _config: dict = field(repr=False, default_factory=dict)
+    retrain_from_cache: bool | None = None
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model of this experiment (seeded like the original), on ``device``."""
+        ds = self.dataset
+        return models.build(
+            self.model_name,
+            image_shape=ds.image_shape,
+            num_classes=ds.num_classes,
+            mean=ds.mean,
+            std=ds.std,
+            seed=self.seed,
+            **self.model_opts,
+        ).to(self.device)
+
+    def fresh_original(self) -> nn.Module:
+        """A deep copy of the original model (for callers that want to modify one)."""
+        return copy.deepcopy(self.original)
+
+    def retrain(self) -> tuple[nn.Module, float]:
+        """Retrain: the model trained from the original's initialisation on D_r with the same recipe and seed.
+
+        Returns ``(model, seconds)``; seconds is the training time (measured when it was trained; cached)."""
+        retain = self.task.retain
+        config = {
+            **self._config,
+            "forget": self.forget,
+            "forget_index": cache.fingerprint(self.task.forget_index),
+            "data": cache.fingerprint(retain.x, retain.y),
+        }
+        trained = cache.load_or_train(
+            "retrain",
+            config,
+            self.build_model,
+            lambda m: train(
+                m, retain, self.recipe, seed=self.seed, augment=self.augment, description="retrain"
+            ),
+            cache_dir=self.cache_dir,
+            use_cache=self.use_cache,
+        )
+        self.retrain_from_cache = trained.from_cache
+        return trained.model, trained.seconds
+
+
+def prepare(
+    dataset: str = "digits",
+    model: str = "mlp",
+    forget: str = "random:0.1",
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    recipe: Recipe | None = None,
+    model_opts: dict | None = None,
+    dataset_opts: dict | None = None,
+    augment: Augment | None | str = "default",
+    val_fraction: float = 0.1,
+    batch_size: int | None = None,
+    data_seed: int = 0,
+    use_cache: bool = True,
+) -> Prepared:
+    """Load, split, pick the forget set and train (or load) the original model; see the module docstring.
+
+    ``recipe`` defaults to `default_recipe(dataset, model)`; ``augment="default"`` picks
+    `unlearning.augment.default_augment`; ``batch_size`` (the task's, for unlearning) defaults to the
+    recipe's.
+    """
+    dev = resolve_device(device)
+    ds = datasets.load(dataset, data_dir, seed=data_seed, **(dataset_opts or {}))
+    model_name = model.lower()
+    if model_name not in models.NAMES:
+        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(models.NAMES)}")
+    recipe = recipe if recipe is not None else default_recipe(ds.name, model_name)
+    aug = augment_mod.default_augment(ds.name, ds.image_shape) if augment == "default" else augment
+    split = splits.make_split(ds, seed, val_fraction)
+    task = splits.make_task(
+        split,
+        forget,
+        num_classes=ds.num_classes,
+        seed=seed,
+        augment=aug,
+        batch_size=batch_size or recipe.batch_size,
+    )
+    task = Task(
+        pool=task.pool.to(dev),
+        forget_index=task.forget_index,
+        val=task.val.to(dev),
+        test=task.test.to(dev),
+        num_classes=task.num_classes,
+        augment=task.augment,
+        batch_size=task.batch_size,
+        seed=task.seed,
+        forget_class=task.forget_class,
+        name=task.name,
+    )
+    config = {
+        "dataset": ds.describe(),
+        "data_seed": data_seed,
+        "split": {"seed": seed, "val_fraction": val_fraction},
+        "model": {"name": model_name, "options": model_opts or {}},
+        "recipe": recipe.to_dict(),
+        "train_seed": seed,
+        "augment": repr(aug),
+        "device": dev.type,
+    }
+    prepared = Prepared(
+        dataset=ds,
+        split=split,
+        task=task,
+        original=nn.Identity(),
+        original_seconds=0.0,
+        original_from_cache=False,
+        recipe=recipe,
+        model_name=model_name,
+        model_opts=dict(model_opts or {}),
+        seed=seed,
+        device=dev,
+        augment=aug,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        forget=forget if isinstance(forget, str) else f"indices[{task.forget_index.numel()}]",
+        _config=config,
+    )
+    pool = task.pool
+    trained = cache.load_or_train(
+        "original",
+        {**config, "data": cache.fingerprint(pool.x, pool.y)},
+        prepared.build_model,
+        lambda m: train(m, pool, recipe, seed=seed, augment=aug, description="original"),
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+    prepared.original = trained.model
+    prepared.original_seconds = trained.seconds
+    prepared.original_from_cache = trained.from_cache
+    return prepared

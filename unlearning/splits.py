@@ -1,0 +1,237 @@
+"""One explicit split per seed (train pool / validation / test) and forget sets drawn from that pool.
+
+The published code (SalUn, Sparse, Worst-case) builds two splits with different seeds: the original model
+is trained on the seed-1 pool while forget and retain sets are drawn from the seed-2 pool, so with default
+arguments about 10% of the "forget" and "retain" images were never seen by the original model. Here one
+`Split` serves both: the original model trains on exactly ``split.pool``, and D_f / D_r are positions in that
+same pool.
+
+Forget-set specs (``forget_indices``):
+
+- ``random:F`` with F ∈ (0, 1): ``round(F · |pool|)`` positions drawn uniformly without replacement;
+- ``class:K``: every pool example of class K (class-wise forgetting; the test set then drops class K);
+- ``indices:FILE``: explicit positions in the pool, from a ``.json`` list (or an object with key
+  ``"indices"``, e.g. a worst-case search result), a ``.npy``, ``.pt`` or ``.txt`` file of integers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data_types import ArrayData, Augment, Task
+from .datasets import Dataset
+
+# Offsets that keep the seeded streams of the split and of the forget set independent.
+_SPLIT_STREAM = 1
+_FORGET_STREAM = 2
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1_000_003 * int(seed) + 7919 * stream)
+
+
+@dataclass(frozen=True)
+class Split:
+    """``pool`` (what the original model trains on), ``val`` (held out per class) and ``test``.
+
+    ``pool_index`` and ``val_index`` are the rows' positions in ``dataset.train``.
+    """
+
+    pool: ArrayData
+    val: ArrayData
+    test: ArrayData
+    pool_index: Tensor
+    val_index: Tensor
+    seed: int
+    val_fraction: float
+    num_classes: int
+
+
+def make_split(dataset: Dataset, seed: int, val_fraction: float = 0.1) -> Split:
+    """Hold out ``round(val_fraction · n_c)`` training examples of every class c as validation (seeded).
+
+    The pool keeps the remaining training examples in their original order; the test set is the dataset's.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    y = dataset.train.y
+    g = _generator(seed, _SPLIT_STREAM)
+    is_val = torch.zeros(len(y), dtype=torch.bool)
+    for c in range(dataset.num_classes):
+        members = (y == c).nonzero().squeeze(1)
+        take = int(round(val_fraction * members.numel()))
+        is_val[members[torch.randperm(members.numel(), generator=g)[:take]]] = True
+    pool_index = (~is_val).nonzero().squeeze(1)
+    val_index = is_val.nonzero().squeeze(1)
+    return Split(
+        pool=dataset.train.subset(pool_index),
+        val=dataset.train.subset(val_index),
+        test=dataset.test,
+        pool_index=pool_index,
+        val_index=val_index,
+        seed=seed,
+        val_fraction=val_fraction,
+        num_classes=dataset.num_classes,
+    )
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``"kind:value"``; raises ``ValueError`` naming the accepted forms."""
+    kind, sep, value = str(spec).partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("random", "class", "indices") or not value.strip():
+        raise ValueError(f"forget set {spec!r} not understood: use random:FRACTION, class:K or indices:FILE")
+    return kind, value.strip()
+
+
+def forget_indices(spec: str, pool: ArrayData, seed: int) -> Tensor:
+    """Sorted int64 positions in ``pool`` of the forget set described by ``spec`` (module docstring)."""
+    kind, value = parse_spec(spec)
+    n = len(pool)
+    if kind == "random":
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise ValueError(
+                f"forget fraction must be a number in (0, 1), got {value!r} (e.g. random:0.1)"
+            ) from None
+        if not 0 < fraction < 1:
+            raise ValueError(f"forget fraction must be in (0, 1), got {value} (e.g. random:0.1)")
+        k = min(max(1, int(round(fraction * n))), n - 1)
+        return torch.randperm(n, generator=_generator(seed, _FORGET_STREAM))[:k].sort().values
+    if kind == "class":
+        k = _parse_class(value)
+        present = sorted(set(pool.y.tolist()))
+        idx = (pool.y.cpu() == k).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            raise ValueError(f"forget class {k} is not in the data: choose one of {present}")
+        if idx.numel() == n:
+            raise ValueError(f"forget class {k} is the whole pool: nothing would be retained")
+        return idx
+    return check_indices(load_indices(value), n, source=value)
+
+
+def forget_class_of(spec: str) -> int | None:
+    """The class K of a ``class:K`` spec, else None."""
+    kind, value = parse_spec(spec)
+    return _parse_class(value) if kind == "class" else None
+
+
+def _parse_class(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"forget class must be an integer label, got {value!r} (e.g. class:3)") from None
+
+
+def load_indices(path: str | os.PathLike) -> Tensor:
+    """Integer positions from a ``.json`` (a list, or an object with key ``"indices"``), ``.npy``, ``.pt`` or
+    ``.txt`` (whitespace- or comma-separated) file. Raises ``FileNotFoundError`` / ``ValueError``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"forget indices file {str(path)!r} does not exist: pass indices:PATH to a file"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            raw = json.loads(path.read_text())
+            if isinstance(raw, dict):
+                if "indices" not in raw:
+                    raise ValueError(
+                        f"{path}: a JSON object needs the key 'indices' holding a list of positions"
+                    )
+                raw = raw["indices"]
+            values = np.asarray(raw)
+        elif suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif suffix == ".pt":
+            values = torch.load(path, map_location="cpu", weights_only=True)
+            values = values.numpy() if isinstance(values, Tensor) else np.asarray(values)
+        elif suffix == ".txt":
+            values = np.asarray([int(t) for t in path.read_text().replace(",", " ").split()])
+        else:
+            raise ValueError(f"forget indices file {path} must end in .json, .npy, .pt or .txt")
+    except (json.JSONDecodeError, UnicodeDecodeError, pickle.UnpicklingError, RuntimeError) as err:
+        raise ValueError(f"cannot read forget indices from {path}: {err}") from None
+    values = np.asarray(values)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"{path}: forget indices must be a non-empty 1-D list of integers")
+    if values.dtype.kind == "f" and np.all(values == np.round(values)):
+        values = values.astype(np.int64)
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"{path}: forget indices must be integers, got dtype {values.dtype}")
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def check_indices(index: Tensor, n: int, *, source: str = "indices") -> Tensor:
+    """Validate positions in a pool of ``n`` (in range, distinct, non-empty, not all); sorted."""
+    index = torch.as_tensor(index, dtype=torch.int64).flatten()
+    if index.numel() == 0:
+        raise ValueError(f"forget indices from {source} are empty")
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(
+            f"forget indices from {source} out of range: need 0 <= i < {n} (pool size), got {lo}..{hi}"
+        )
+    if torch.unique(index).numel() != index.numel():
+        raise ValueError(f"forget indices from {source} contain repeated positions")
+    if index.numel() == n:
+        raise ValueError(f"forget indices from {source} cover the whole pool: nothing would be retained")
+    return index.sort().values
+
+
+def save_indices(path: str | os.PathLike, index: Tensor, **extra) -> Path:
+    """Write positions as ``{"indices": [...], **extra}`` JSON (atomically); `forget_indices` reads it."""
+    from .io import write_json
+
+    return write_json(path, {"indices": [int(i) for i in index.tolist()], **extra})
+
+
+def make_task(
+    split: Split,
+    forget: str | Tensor,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+    augment: Augment | None = None,
+    batch_size: int = 128,
+    name: str = "",
+) -> Task:
+    """The `Task` for forgetting ``forget`` (a spec string or positions in ``split.pool``).
+
+    Class-wise (``class:K``): ``forget_class = K`` and the test set drops class K, as the papers do (the
+    validation set is kept whole).
+    """
+    k = num_classes if num_classes is not None else split.num_classes
+    if isinstance(forget, str):
+        index = forget_indices(forget, split.pool, seed)
+        forget_class = forget_class_of(forget)
+        label = name or forget
+    else:
+        index = check_indices(forget, len(split.pool))
+        forget_class = None
+        label = name or f"indices[{index.numel()}]"
+    test = split.test
+    if forget_class is not None:
+        test = test.subset((test.y != forget_class).nonzero().squeeze(1).to(test.x.device))
+    return Task(
+        pool=split.pool,
+        forget_index=index,
+        val=split.val,
+        test=test,
+        num_classes=k,
+        augment=augment,
+        batch_size=batch_size,
+        seed=seed,
+        forget_class=forget_class,
+        name=label,
+    )
