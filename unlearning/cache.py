@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def load_or_train(
             model.load_state_dict(state)
             model.eval()
             return Trained(model, float(info["seconds"]), True, weights, key)
-        except (OSError, ValueError, KeyError, RuntimeError):
+        except (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError):
             model = build()
     start = time.perf_counter()
     model = fit(model)
