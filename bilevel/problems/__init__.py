@@ -11,6 +11,8 @@ at, the exact inner solution, F, the closed-form ∇F and the dense inner Hessia
 """
 
 from ._base import ReferenceProblem, finite_difference
+from .edge import multi_tensor, nan_outer, saddle, scalar_inner
+from .logistic import logistic
 from .quadratic import imaml_proximal, quadratic, unrolled_gd_quadratic
 from .ridge import ridge, weighted_ridge
 
@@ -18,8 +20,13 @@ __all__ = [
     "ReferenceProblem",
     "finite_difference",
     "imaml_proximal",
+    "logistic",
+    "multi_tensor",
+    "nan_outer",
     "quadratic",
     "ridge",
+    "saddle",
+    "scalar_inner",
     "unrolled_gd_quadratic",
     "weighted_ridge",
 ]

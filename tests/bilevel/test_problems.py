@@ -31,6 +31,14 @@ CASES = {
     "weighted_ridge-direct": lambda: P.weighted_ridge(weights="direct", gamma=0.3),
     "unrolled_gd_quadratic": lambda: P.unrolled_gd_quadratic(),
     "imaml_proximal": lambda: P.imaml_proximal(),
+    "logistic": lambda: P.logistic(),
+    "logistic-per_feature": lambda: P.logistic(per_feature=True),
+    "logistic-multiclass-per_feature": lambda: P.logistic(
+        multiclass=True, per_feature=True, n=120, p=12, classes=4
+    ),
+    "scalar_inner": lambda: P.scalar_inner(),
+    "multi_tensor": lambda: P.multi_tensor(),
+    "saddle": lambda: P.saddle(),
 }
 # Errors measured by the tests are stored here and printed by test_report (run with -s to see them).
 MEASURED: dict[str, dict[str, float]] = {}
@@ -43,6 +51,15 @@ def rel(a: dict, b: dict) -> float:
 
 def record(name: str, what: str, err: float) -> None:
     MEASURED.setdefault(name, {})[what] = err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These problems are tiny: OpenMP/MKL threading only adds barrier waits on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -289,6 +306,107 @@ def test_imaml_jacobian_is_lam_times_inverse():
     jac = torch.func.jacrev(lambda t: ref.solve_inner({"theta": t})["phi"])(ref.outer["theta"])
     A = ref.data["A"]
     assert torch.allclose(jac, 3.0 * torch.linalg.inv(A + 3.0 * torch.eye(A.shape[0], dtype=DT)), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ P3 logistic
+
+
+def test_logistic_newton_reaches_tolerance_and_formula():
+    ref = P.logistic()
+    X, y, Xv, yv = (ref.data[k] for k in ("X", "y", "X_val", "y_val"))
+    assert set(y.unique().tolist()) == {-1.0, 1.0}
+    w = ref.solve_inner(ref.outer)["w"]
+    n, lam = X.shape[0], ref.outer["lam"]
+    z = y * (X @ w)
+    assert float((-X.T @ (y * torch.sigmoid(-z)) / n + lam * w).norm()) <= 1e-13
+    D = torch.sigmoid(z) * torch.sigmoid(-z)
+    H = (X.T * D) @ X / n + lam * torch.eye(X.shape[1], dtype=DT)
+    gf = -Xv.T @ (yv * torch.sigmoid(-yv * (Xv @ w))) / Xv.shape[0]
+    assert torch.allclose(ref.hypergrad(ref.outer)["lam"], -w @ torch.linalg.solve(H, gf), rtol=1e-12, atol=0)
+
+
+def test_logistic_multiclass_digits_full_size():
+    ref = P.logistic(multiclass=True, n=100, m=50)
+    assert ref.inner_init["W"].shape == (64, 10) and ref.outer["lam"].dim() == 0
+    err = rel(ref.hypergrad(ref.outer), P.finite_difference(ref, ref.outer))
+    record("logistic-multiclass(64x10)", "closed_vs_fd", err)
+    assert err <= 1e-6
+    err = rel(ref.hypergrad(ref.outer), autograd_hypergrad(ref))
+    record("logistic-multiclass(64x10)", "closed_vs_autograd", err)
+    assert err <= 1e-10
+
+
+def test_logistic_sklearn_agrees():
+    """The inner solution equals scikit-learn's (C = 1/(nλ), no intercept)."""
+    from sklearn.linear_model import LogisticRegression
+
+    ref = P.logistic(n=80)
+    X, y, lam = ref.data["X"], ref.data["y"], float(ref.outer["lam"])
+    clf = LogisticRegression(C=1 / (X.shape[0] * lam), fit_intercept=False, tol=1e-12, max_iter=10_000)
+    clf.fit(X.numpy(), y.numpy())
+    w = ref.solve_inner(ref.outer)["w"]
+    assert torch.allclose(w, torch.as_tensor(clf.coef_[0], dtype=DT), rtol=1e-6, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------- P7 edge
+
+
+def test_scalar_inner_is_0dim_and_jacobian():
+    ref = P.scalar_inner()
+    assert ref.inner_init["t"].dim() == 0 and ref.outer["lam"].dim() == 0
+    assert ref.solve_inner(ref.outer)["t"].dim() == 0 and ref.hypergrad(ref.outer)["lam"].dim() == 0
+    lam = ref.outer["lam"].clone().requires_grad_(True)
+    (dt,) = torch.autograd.grad(ref.solve_inner({"lam": lam})["t"], lam)
+    assert torch.allclose(dt, ref.data["dt_dlam"](ref.outer), rtol=1e-14)
+    assert float(dt) != 0.0
+
+
+def test_multi_tensor_shapes_and_unused_entry_is_exactly_zero():
+    ref = P.multi_tensor()
+    assert {k: tuple(v.shape) for k, v in ref.inner_init.items()} == {"W": (3, 2), "b": (2,), "s": ()}
+    assert {k: tuple(v.shape) for k, v in ref.outer.items()} == {"alpha": (), "u": (2,), "unused": (2, 2)}
+    hg = ref.hypergrad(ref.outer)
+    assert bool((hg["unused"] == 0).all()) and bool((hg["alpha"] != 0) and (hg["u"] != 0).all())
+    assert bool((autograd_hypergrad(ref)["unused"] == 0).all())
+    # Neither loss reads "unused": autograd reports it as unused.
+    outer = {k: v.clone().requires_grad_(True) for k, v in ref.outer.items()}
+    theta = {k: v.clone().requires_grad_(True) for k, v in ref.solve_inner(ref.outer).items()}
+    for loss in (ref.problem.inner_loss, ref.problem.outer_loss):
+        (g,) = torch.autograd.grad(loss(theta, outer, None), [outer["unused"]], allow_unused=True)
+        assert g is None
+
+
+def test_saddle_is_indefinite_and_cg_meets_negative_curvature():
+    ref = P.saddle()
+    assert not ref.strongly_convex and ref.mu < 0 < ref.L
+    M = ref.inner_hessian(ref.outer)
+    theta = ref.solve_inner(ref.outer)
+    rhs = theta["theta"] - ref.data["c"]  # ∇_θ f, what an implicit solver hands to CG
+    x, r = torch.zeros_like(rhs), rhs.clone()
+    p, curvatures = r.clone(), []
+    for _ in range(rhs.numel()):
+        Mp = M @ p
+        curvatures.append(float(p @ Mp))
+        alpha = (r @ r) / (p @ Mp)
+        x, r_new = x + alpha * p, r - alpha * Mp
+        p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
+    assert min(curvatures) < 0
+
+
+@pytest.mark.parametrize("where", ["outer", "inner", "inner_grad"])
+def test_nan_injection(where):
+    ref = P.nan_outer(where)
+    outer = ref.outer
+    theta = P.quadratic(dx=2, dy=3).solve_inner(outer)
+    g_val = ref.problem.inner_loss(theta, outer, None)
+    g_grad = grad(lambda inner: ref.problem.inner_loss(inner, outer, None))(theta)["y"]
+    f_val = ref.problem.outer_loss(theta, outer, None)
+    assert bool(torch.isnan(f_val)) == (where == "outer")
+    assert bool(torch.isnan(g_val)) == (where == "inner")
+    assert bool(torch.isnan(g_grad).any()) == (where in ("inner", "inner_grad"))
+    assert bool(torch.isnan(flatten(ref.hypergrad(outer))).all()) and bool(torch.isnan(ref.value(outer)))
+    with pytest.raises(ValueError, match="where"):
+        P.nan_outer("both")
 
 
 def test_report():
