@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..problem import BilevelProblem
 from ..tree import unflatten
-from ._base import Params, ReferenceProblem, eig_range, generator, randn, spd, spectrum
+from ._base import Params, ReferenceProblem, check_sizes, eig_range, generator, randn, spd, spectrum
 
 
 def scalar_inner(
@@ -93,9 +93,7 @@ def multi_tensor(
 
     Inner ``{"W": (p, k), "b": (k,), "s": ()}``; outer ``{"alpha": (), "u": (k,), "unused": (2, 2)}``.
     """
-    for name, v in (("n", n), ("m", m), ("p", p), ("k", k)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_sizes(n=n, m=m, p=p, k=k)
     gen = generator(seed)
     X, Xv = randn(gen, n, p, dtype=dtype), randn(gen, m, p, dtype=dtype)
     W_true = randn(gen, p, k, dtype=dtype)

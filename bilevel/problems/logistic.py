@@ -106,7 +106,7 @@ def logistic(
         else:
             lam_t = torch.tensor(base, dtype=dtype)
     else:
-        lam_t = torch.as_tensor(lam, dtype=dtype).clone()
+        lam_t = torch.as_tensor(lam, dtype=dtype).detach().clone()
         if lam_t.dim() == 0 and per_feature:
             lam_t = lam_t.expand(p).clone()
         if lam_t.shape != shape:

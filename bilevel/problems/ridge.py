@@ -109,7 +109,7 @@ def ridge(
         else:
             lam_t = torch.tensor(0.5, dtype=dtype)
     else:
-        lam_t = torch.as_tensor(lam, dtype=dtype).clone()
+        lam_t = torch.as_tensor(lam, dtype=dtype).detach().clone()
         if lam_t.dim() == 0 and per_feature:
             lam_t = lam_t.expand(p).clone()
         if lam_t.shape != shape:

@@ -203,6 +203,23 @@ def test_bad_sizes_raise():
         P.unrolled_gd_quadratic(steps=-1)
 
 
+def test_finite_difference_shapes_and_errors():
+    ref = P.multi_tensor()
+    fd = P.finite_difference(ref, eps=1e-4)
+    assert {k: v.shape for k, v in fd.items()} == {k: v.shape for k, v in ref.outer.items()}
+    assert bool((fd["unused"] == 0).all())
+    with pytest.raises(ValueError, match="eps"):
+        P.finite_difference(ref, eps=0.0)
+    with pytest.raises(ValueError, match="k must be"):
+        P.multi_tensor(k=0)
+
+
+def test_lam_given_as_tensor_requiring_grad_is_copied():
+    lam = torch.tensor(0.7, dtype=DT, requires_grad=True)
+    ref = P.ridge(lam=lam)
+    assert ref.outer["lam"].is_leaf and not ref.outer["lam"].requires_grad and float(ref.outer["lam"]) == 0.7
+
+
 def test_float32_builds():
     ref = P.ridge(dtype=torch.float32)
     assert ref.outer["lam"].dtype == torch.float32
