@@ -480,3 +480,29 @@ def test_nonfinite_grads_propagate_without_hidden_checks():
     opt = optim.Adam()
     out, _ = opt.step(p, {"a": torch.tensor([float("nan"), 1.0], dtype=DT)}, opt.init(p))
     assert torch.isnan(out["a"][0]) and torch.isfinite(out["a"][1])
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (optim.SGD, dict(lr=0.03, momentum=0.8, dampening=0.1, weight_decay=0.05)),
+        (optim.SGD, dict(lr=0.03, momentum=0.8, nesterov=True, weight_decay=0.05)),
+        (optim.Adam, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True)),
+        (optim.AdamW, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
+        (optim.SignSGD, dict(lr=0.01)),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_tensor_hyperparameters_give_the_same_trajectory(cls, kwargs):
+    """Tensor hyper-parameters (requiring grad) take the generic arithmetic path: same values to rounding."""
+
+    def as_tensor(v):
+        if isinstance(v, tuple):
+            return tuple(as_tensor(x) for x in v)
+        if isinstance(v, bool):
+            return v
+        return torch.tensor(v, dtype=DT, requires_grad=True)
+
+    ours, _ = run_ours(cls(**kwargs), INIT, steps=20)
+    tens, _ = run_ours(cls(**{k: as_tensor(v) for k, v in kwargs.items()}), INIT, steps=20)
+    assert max_rel_dev(tens, ours) < 1e-12
