@@ -18,6 +18,7 @@ one while the experiment seed varies the train/val split and the forget set).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -88,7 +89,12 @@ def load(
     key = name.lower()
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
-    return _LOADERS[key](data_dir, seed, **opts)
+    loader = _LOADERS[key]
+    allowed = [p for p in inspect.signature(loader).parameters if p not in ("data_dir", "seed")]
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise ValueError(f"dataset {key!r} has no option {unknown[0]!r}; its options: {', '.join(allowed)}")
+    return loader(data_dir, seed, **opts)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -280,6 +286,9 @@ def _folder_reader(folder: Path) -> Callable[[str], tuple[Tensor, Tensor]]:
 
 
 def _network_available(host: str = "www.cs.toronto.edu", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host:port`` answers; always False when ``$WORSTFORGET_OFFLINE`` is set."""
+    if os.environ.get("WORSTFORGET_OFFLINE"):
+        return False
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True

@@ -57,7 +57,7 @@ def test_unknown_name_and_bad_options():
         datasets.load("imagenet")
     with pytest.raises(ValueError, match="shape"):
         datasets.load("synthetic", shape="3xaxb")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="no option 'bogus'; its options: test_fraction"):
         datasets.load("digits", bogus=1)
 
 

@@ -1,0 +1,64 @@
+"""Sub-commands of the ``worstforget`` CLI: one module per command, each exposing ``add_parser(subparsers)``
+which registers the command and sets ``func(args) -> int`` as its handler (see `unlearning.cli.COMMANDS`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+class CLIError(Exception):
+    """A bad command-line input: printed as one ``error: ...`` line, exit status 2."""
+
+
+def parse_key_values(items: Sequence[str] | None, argument: str) -> dict[str, str]:
+    """``["a=1", "b=x"] -> {"a": "1", "b": "x"}``; a malformed item is a `CLIError` naming ``argument``."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"argument {argument}: expected KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def coerce(text: str, like: Any, name: str) -> Any:
+    """Convert ``text`` to the type of the default value ``like`` (bool, int, float, str, tuple of ints, or
+    anything JSON when the default is None)."""
+    try:
+        if isinstance(like, bool):
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float):
+            return float(text)
+        if isinstance(like, tuple):
+            return tuple(int(t) for t in text.replace(",", " ").split())
+        if isinstance(like, str):
+            return text
+        if text.lower() == "none":
+            return None
+        return json.loads(text)
+    except (ValueError, json.JSONDecodeError):
+        if like is None:
+            return text
+        kind = "true/false" if isinstance(like, bool) else type(like).__name__
+        raise CLIError(f"{name}: expected a {kind} value, got {text!r}") from None
+
+
+def parse_opts(items: Sequence[str] | None, argument: str) -> dict[str, Any]:
+    """KEY=VALUE options with values read as JSON when possible (``hidden=[64,32]``, ``n=500``), else text."""
+    out: dict[str, Any] = {}
+    for key, value in parse_key_values(items, argument).items():
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out

@@ -1,0 +1,325 @@
+"""``worstforget unlearn``: run one unlearning method on one forget set and compare it with Retrain.
+
+Steps: `unlearning.setup.prepare` (dataset, split, forget set, original model; cached) → the method's
+``unlearn(original, task)`` → Retrain (cached) → UA, RA, TA, MIA-Efficacy and run time of Original, Retrain
+and the method, and Avg. Gap = ¼ Σ |method − Retrain| over {UA, RA, TA, MIA}. Prints a table and writes
+``OUT/metrics.json`` and ``OUT/metrics.md`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearning.commands import CLIError, coerce, parse_key_values, parse_opts
+
+DESCRIPTION = """Unlearn a forget set from a trained model with one method and compare it with Retrain.
+
+Forget sets: random:F (a fraction F in (0, 1) of the training pool), class:K (every example of class K; the
+test set then drops class K) or indices:FILE (positions in the pool: .json list or {"indices": [...]} such as
+a worst-case search result, .npy, .pt or .txt). Trained original and Retrain models are cached (--cache-dir,
+default $WORSTFORGET_CACHE or ~/.cache/worstforget), so repeated runs only pay for the method.
+
+Example: worstforget unlearn --method salun --forget class:3 --out runs/salun"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from unlearning import datasets, models
+
+    p = subparsers.add_parser(
+        "unlearn",
+        help="run one unlearning method and compare it with Retrain",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--method", help="unlearning method (see --list-methods), e.g. salun, ft, ga, rl")
+    p.add_argument(
+        "--dataset", default="digits", help=f"one of {', '.join(datasets.NAMES)} (default: digits)"
+    )
+    p.add_argument("--model", default="mlp", help=f"one of {', '.join(models.NAMES)} (default: mlp)")
+    p.add_argument(
+        "--forget", default="random:0.1", help="random:F, class:K or indices:FILE (default: random:0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, forget set, training and method")
+    p.add_argument("--out", default="runs/unlearn", help="output folder (default: runs/unlearn)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
+    p.add_argument(
+        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="train the original and Retrain models afresh")
+    p.add_argument("--lr", type=float, help="the method's learning rate (same as --hp lr=...)")
+    p.add_argument("--epochs", type=int, help="the method's epochs (same as --hp epochs=...)")
+    p.add_argument(
+        "--hp",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method hyper-parameter (repeatable; --list-methods)",
+    )
+    p.add_argument(
+        "--train-epochs", type=int, help="override the training recipe's epochs (original, Retrain)"
+    )
+    p.add_argument("--train-lr", type=float, help="override the training recipe's learning rate")
+    p.add_argument("--batch-size", type=int, help="the unlearning batch size (default: the recipe's)")
+    p.add_argument(
+        "--data-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. shape=3x32x32, n=500, limit=5000",
+    )
+    p.add_argument(
+        "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,128]"
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--list-methods", action="store_true", help="list the methods and their hyper-parameters, exit"
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def method_hparams(args: argparse.Namespace, recipe=None) -> tuple[str, dict[str, Any]]:
+    """The method name and its hyper-parameters from ``--method``, ``--lr``, ``--epochs`` and ``--hp``."""
+    from unlearning.methods import REGISTRY
+
+    if not args.method:
+        raise CLIError("argument --method is required: choose one of " + ", ".join(REGISTRY))
+    name = args.method.lower()
+    if name not in REGISTRY:
+        raise CLIError(
+            f"argument --method: unknown method {args.method!r}; choose one of {', '.join(REGISTRY)}"
+        )
+    known = REGISTRY[name].hyperparameters()
+    raw = parse_key_values(args.hp, "--hp")
+    for flag, key, value in (("--lr", "lr", args.lr), ("--epochs", "epochs", args.epochs)):
+        if value is not None:
+            if key not in known:
+                raise CLIError(f"argument {flag}: method {name} has no hyper-parameter {key}")
+            raw[key] = str(value)
+    hp: dict[str, Any] = {}
+    if name == "retrain" and recipe is not None:
+        # the Retrain *method* defaults to the reference Retrain's recipe, so the two agree
+        hp.update({k: v for k, v in recipe.to_dict().items() if k in known})
+    for key, text in raw.items():
+        if key not in known:
+            raise CLIError(
+                f"argument --hp: method {name} has no hyper-parameter {key!r}; valid: {', '.join(known)}"
+            )
+        hp[key] = coerce(text, known[key]["default"], f"argument --hp {key}")
+    return name, hp
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before any training, on inputs that can be checked cheaply."""
+    from unlearning import datasets, models, setup, splits
+
+    if args.dataset.lower() not in datasets.NAMES:
+        raise CLIError(
+            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
+        )
+    if args.model.lower() not in models.NAMES:
+        raise CLIError(
+            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
+        )
+    try:
+        kind, value = splits.parse_spec(args.forget)
+        if kind == "random":
+            splits.forget_indices(args.forget, _Sized(10**6), 0)  # validates the fraction only
+        elif kind == "indices":
+            splits.load_indices(value)
+        setup.resolve_device(args.device)
+    except (ValueError, FileNotFoundError) as err:
+        flag = "--device" if "device" in str(err).lower() else "--forget"
+        raise CLIError(f"argument {flag}: {err}") from None
+    for flag in ("train_epochs", "batch_size", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")
+
+
+def _flag_for(message: str) -> str:
+    """The command-line argument a `prepare` error is about (by its message)."""
+    text = message.lower()
+    for words, flag in (
+        (("forget",), "--forget"),
+        (("model", "mlp", "cnn", "resnet"), "--model"),
+        (("device", "cuda"), "--device"),
+        (("lr", "epochs", "schedule", "batch_size", "momentum", "weight_decay"), "--train-epochs/--train-lr"),
+    ):
+        if any(w in text for w in words):
+            return flag
+    return "--dataset/--data-opt"
+
+
+class _Sized:
+    """A stand-in pool of a given size (only ``len`` is used by random forget specs)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_methods:
+        return list_methods()
+    from unlearning import metrics
+    from unlearning.io import write_json, write_text
+    from unlearning.methods import make
+    from unlearning.setup import prepare
+    from unlearning.training import default_recipe
+
+    check_inputs(args)
+    method_hparams(args)  # validate names before training anything
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = default_recipe(args.dataset.lower(), args.model.lower()).replace(
+        epochs=args.train_epochs, lr=args.train_lr
+    )
+    try:
+        prepared = prepare(
+            args.dataset.lower(),
+            args.model.lower(),
+            args.forget,
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            recipe=recipe,
+            model_opts=parse_opts(args.model_opt, "--model-opt"),
+            dataset_opts=parse_opts(args.data_opt, "--data-opt"),
+            batch_size=args.batch_size,
+            use_cache=not args.no_cache,
+        )
+    except FileNotFoundError as err:
+        flag = "--data-dir" if args.dataset.lower() == "cifar10" and "CIFAR" in str(err) else "--forget"
+        raise CLIError(f"argument {flag}: {err}") from None
+    except TypeError as err:  # an unknown dataset option reaches the loader's signature
+        raise CLIError(f"argument --data-opt: {err}") from None
+    except ValueError as err:
+        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
+    name, hp = method_hparams(args, prepared.recipe)
+    try:
+        method = make(name, **hp)
+    except ValueError as err:
+        raise CLIError(f"argument --hp: {err}") from None
+    task = prepared.task
+
+    torch.manual_seed(args.seed)
+    result = method.unlearn(prepared.original, task)
+    retrain_model, retrain_seconds = prepared.retrain()
+
+    original = {**metrics.evaluate(prepared.original, task), "seconds": prepared.original_seconds}
+    retrain = {**metrics.evaluate(retrain_model, task), "seconds": retrain_seconds}
+    unlearned = {**metrics.evaluate(result.model, task), "seconds": result.seconds}
+    report = {
+        "config": {
+            "dataset": prepared.dataset.name,
+            "model": prepared.model_name,
+            "method": name,
+            "forget": args.forget,
+            "seed": args.seed,
+            "device": str(prepared.device),
+            "hparams": {k: _jsonable(v) for k, v in method.hparams().items()},
+            "recipe": prepared.recipe.to_dict(),
+            "sizes": {"forget": len(task.forget_index), "retain": len(task.retain), "test": len(task.test)},
+            "forget_class": task.forget_class,
+            "cached": {
+                "original": prepared.original_from_cache,
+                "retrain": bool(prepared.retrain_from_cache),
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "method": {"name": name, **unlearned},
+        "retrain": retrain,
+        "original": original,
+        "avg_gap": metrics.avg_gap(unlearned, retrain),
+        "avg_gap_original": metrics.avg_gap(original, retrain),
+    }
+    out = Path(args.out)
+    write_json(out / "metrics.json", report)
+    write_text(out / "metrics.md", markdown(report))
+    print_table(report, out)
+    return 0
+
+
+def _rows(report: dict):
+    yield "Original", report["original"], report["avg_gap_original"]
+    yield "Retrain", report["retrain"], 0.0
+    yield report["method"]["name"], report["method"], report["avg_gap"]
+
+
+def markdown(report: dict) -> str:
+    """The report as a markdown table (the numbers of metrics.json)."""
+    c = report["config"]
+    lines = [
+        f"# Unlearning: {c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']}, seed {c['seed']}",
+        "",
+        f"|D_f| = {c['sizes']['forget']}, |D_r| = {c['sizes']['retain']}, |D_test| = {c['sizes']['test']}. "
+        "Metrics in %; Avg. Gap = mean |Δ| to Retrain over UA, RA, TA, MIA.",
+        "",
+        "| model | UA | RA | TA | MIA | seconds | Avg. Gap |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, m, gap in _rows(report):
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{m[k]:.2f}" for k in ("UA", "RA", "TA", "MIA", "seconds"))
+            + f" | {gap:.2f} |"
+        )
+    hp = ", ".join(f"{k}={v}" for k, v in c["hparams"].items())
+    lines += ["", f"Hyper-parameters: {hp or '(none)'}.", ""]
+    return "\n".join(lines)
+
+
+def print_table(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = report["config"]
+    table = Table(
+        title=f"{c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']} (seed {c['seed']})"
+    )
+    for col in ("model", "UA", "RA", "TA", "MIA", "seconds", "Avg. Gap"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, m, gap in _rows(report):
+        table.add_row(label, *(f"{m[k]:.2f}" for k in ("UA", "RA", "TA", "MIA", "seconds")), f"{gap:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+
+
+def list_methods() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from unlearning.methods import REGISTRY
+
+    table = Table(title="unlearning methods (--method NAME, --hp KEY=VALUE)")
+    for col in ("method", "hyper-parameter", "default", "valid", "meaning"):
+        table.add_column(col)
+    for name, cls in REGISTRY.items():
+        hps = cls.hyperparameters() or {"-": {"default": "", "valid": "", "doc": ""}}
+        for i, (key, info) in enumerate(hps.items()):
+            table.add_row(name if i == 0 else "", key, str(info["default"]), info["valid"], info["doc"])
+    Console().print(table)
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    return str(v)
