@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from . import augment as augment_mod
-from . import cache, datasets, models, splits
+from . import cache, datasets, models, splits, training
 from .data_types import Augment, Task
 from .datasets import Dataset
 from .splits import Split
-from .training import Recipe, default_recipe, train
+from .training import Recipe, default_recipe
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -89,15 +89,15 @@ class Prepared:
             **self._config,
             "forget": self.forget,
             "forget_index": cache.fingerprint(self.task.forget_index),
-            "data": cache.fingerprint(retain.x, retain.y),
         }
-        trained = cache.load_or_train(
-            "retrain",
-            config,
+        trained = training.train_original(
             self.build_model,
-            lambda m: train(
-                m, retain, self.recipe, seed=self.seed, augment=self.augment, description="retrain"
-            ),
+            retain,
+            self.recipe,
+            seed=self.seed,
+            config=config,
+            augment=self.augment,
+            kind="retrain",
             cache_dir=self.cache_dir,
             use_cache=self.use_cache,
         )
@@ -162,9 +162,6 @@ def prepare(
         "data_seed": data_seed,
         "split": {"seed": seed, "val_fraction": val_fraction},
         "model": {"name": model_name, "options": model_opts or {}},
-        "recipe": recipe.to_dict(),
-        "train_seed": seed,
-        "augment": repr(aug),
         "device": dev.type,
     }
     prepared = Prepared(
@@ -185,12 +182,14 @@ def prepare(
         forget=forget if isinstance(forget, str) else f"indices[{task.forget_index.numel()}]",
         _config=config,
     )
-    pool = task.pool
-    trained = cache.load_or_train(
-        "original",
-        {**config, "data": cache.fingerprint(pool.x, pool.y)},
+    trained = training.train_original(
         prepared.build_model,
-        lambda m: train(m, pool, recipe, seed=seed, augment=aug, description="original"),
+        task.pool,
+        recipe,
+        seed=seed,
+        config=config,
+        augment=aug,
+        kind="original",
         cache_dir=cache_dir,
         use_cache=use_cache,
     )

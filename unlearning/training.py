@@ -10,12 +10,15 @@ one, and a validation pick would make Retrain depend on the validation set).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cache
 from .data_types import ArrayData, Augment
 from .loop import SGDConfig, run_epochs
 
@@ -116,3 +119,38 @@ def train(
     )
     model.eval()
     return model
+
+
+def train_original(
+    build: Callable[[], nn.Module],
+    data: ArrayData,
+    recipe: Recipe,
+    *,
+    seed: int,
+    config: dict,
+    augment: Augment | None = None,
+    kind: str = "original",
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> cache.Trained:
+    """``train(build(), data, recipe, seed=seed, augment=augment)``, cached on disk.
+
+    The cache key is ``config`` (everything else that determines the weights: dataset, split, model, ...) plus
+    the recipe, the seed, the augmentation and a fingerprint of ``data``. ``kind`` names the entry
+    (``"original"`` or ``"retrain"``; Retrain is this same call on D_r).
+    """
+    full = {
+        **config,
+        "recipe": recipe.to_dict(),
+        "train_seed": int(seed),
+        "augment": repr(augment),
+        "data": cache.fingerprint(data.x, data.y),
+    }
+    return cache.load_or_train(
+        kind,
+        full,
+        build,
+        lambda m: train(m, data, recipe, seed=seed, augment=augment, description=kind),
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )

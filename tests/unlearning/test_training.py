@@ -55,13 +55,13 @@ def test_recipe_validation_and_defaults():
 
 def test_cache_loads_instead_of_retraining(tmp_path, monkeypatch):
     calls = []
-    real_train = setup.train
+    real_train = training.train
 
     def counting_train(*args, **kwargs):
         calls.append(kwargs.get("description"))
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(setup, "train", counting_train)
+    monkeypatch.setattr(training, "train", counting_train)
     recipe = training.Recipe(epochs=3, lr=0.1, batch_size=64)
     first = prepare("digits", "mlp", "random:0.1", seed=0, cache_dir=tmp_path, recipe=recipe)
     assert calls == ["original"] and not first.original_from_cache
