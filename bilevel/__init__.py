@@ -11,6 +11,7 @@ with an explicit BatchNorm-buffer policy.
 
 from . import optim, problems
 from .check import HypergradCheck, check_hypergrad
+from .constraints import Box, CappedSimplex, top_k
 from .first_order import FirstOrder
 from .hypergrad import Hypergrad
 from .implicit import Implicit
@@ -30,6 +31,9 @@ __all__ = [
     "FixedPoint",
     "Direct",
     "IndefiniteHessianError",
+    "Box",
+    "CappedSimplex",
+    "top_k",
     "minimize",
     "MinimizeResult",
     "check_hypergrad",

@@ -128,7 +128,7 @@ class FirstOrder:
         info.update(
             seconds=time.perf_counter() - start,
             outer_loss=float(f_value),
-            inner_loss=float(g_value),
+            inner_loss=float(g_value.detach()),
             inner_grad_norm=float(tree.norm(g_theta)),
         )
         return Hypergrad(grad=tree.detach(grad), inner=tree.detach(theta), info=info)
