@@ -1,4 +1,5 @@
-"""ROC plots written to PNG, headless (matplotlib is imported lazily with the Agg backend)."""
+"""ROC plots written to PNG, headless: matplotlib is imported lazily and draws on an Agg canvas without
+pyplot, so no display is needed and the process's pyplot backend is left alone."""
 
 from __future__ import annotations
 
@@ -29,18 +30,14 @@ def plot_roc(
     for s in scales:
         if s not in ("linear", "log"):
             raise ValueError(f"scales must contain 'linear' and/or 'log', got {s!r}")
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-        try:
-            matplotlib.use("Agg", force=True)
-        except Exception:  # pragma: no cover - backend already fixed by a running GUI
-            pass
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     computed = {name: roc_curve(s, m) + (auc(s, m),) for name, (s, m) in curves.items()}
     n0_max = max(int(np.round(1 / np.min(f[f > 0]))) if np.any(f > 0) else 1 for f, *_ in computed.values())
-    fig, axes = plt.subplots(1, len(scales), figsize=(5 * len(scales), 4.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(scales), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(scales), squeeze=False)
     for ax, scale in zip(axes[0], scales):
         for name, (fpr, tpr, _, a) in computed.items():
             ax.plot(fpr, tpr, label=f"{name} (AUC {a:.3f})", drawstyle="steps-post")
@@ -63,5 +60,4 @@ def plot_roc(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
     return out

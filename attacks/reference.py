@@ -133,8 +133,15 @@ def resolve_references(
     labels: Any = None,
     **kwargs: Any,
 ) -> np.ndarray:
-    """Statistics ``(M, n, A)`` float64 from precomputed statistics or from a list of models on ``(x,
-    labels)``."""
+    """Statistics ``(M, n, A)`` float64 from precomputed statistics or from models run on ``(x, labels)``.
+
+    ``kwargs`` (``queries``, ``temperature``, ``batch_size``, ``device``) are used only with models."""
+    unknown = set(kwargs) - {"queries", "temperature", "batch_size", "device"}
+    if unknown:
+        raise TypeError(
+            f"unexpected argument(s) {', '.join(sorted(unknown))}; with models pass x=, labels= and "
+            "optionally queries=, batch_size=, device="
+        )
     if isinstance(references, nn.Module):
         references = [references]
     if isinstance(references, (list, tuple)) and references and isinstance(references[0], nn.Module):

@@ -143,15 +143,6 @@ def check_scores(scores: Any, name: str = "scores") -> np.ndarray:
     return check_real(scores, name, ndim=1)
 
 
-def check_same_length(**arrays: Any) -> int:
-    """All arrays have the same first dimension; return it."""
-    lengths = {k: len(v) for k, v in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        desc = ", ".join(f"{k}={v}" for k, v in lengths.items())
-        raise ValueError(f"mismatched lengths ({desc}); pass one entry per example in each")
-    return next(iter(lengths.values())) if lengths else 0
-
-
 def check_choice(value: Any, name: str, choices: tuple) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

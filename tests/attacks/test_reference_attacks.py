@@ -192,5 +192,7 @@ def test_reference_attack_input_errors():
         RMIA().fit(ref, ref)  # φ values, not probabilities
     with pytest.raises(ValueError, match="a must be in"):
         RMIA(a=2)
+    with pytest.raises(TypeError, match="unexpected argument"):
+        LiRA().fit(ref, keep, querys=2)
     with pytest.raises(ValueError, match="held_out"):
         UnlearningLiRA().audit(ref, ref, held_out_unlearned=ref)
