@@ -53,7 +53,7 @@ class BS(Iterative):
     x_adv = round₂₅₅(clip(x + ε sign ∇_x ℓ(f_o(x), y), 0, 1)), y_nbr = argmax f_o(x_adv), and SGD descends
     mean_B ℓ(θ; x, y_nbr) (y_nbr may equal y, as published). The frozen copy is evaluated in eval mode.
 
-    Defaults: digits/MLP 10 epochs, lr 0.01, ε = 0.1; paper (CIFAR-10) 10 epochs, lr ~[1e-6, 1e-4], ε = 0.1.
+    Defaults: digits/MLP 10 epochs, lr 5e-4, ε = 0.1; paper (CIFAR-10) 10 epochs, lr ~[1e-6, 1e-4], ε = 0.1.
 
     ``lower_loss`` = mean_f^w ℓ(θ; x, y_nbr(x)) = Σ w_i ℓ(x_i, y_nbr,i) / Σ w_i on a full batch, with y_nbr
     computed per batch from θ_o (constant in θ and w), from θ_o.
@@ -61,7 +61,7 @@ class BS(Iterative):
 
     name: ClassVar[str] = "bs"
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.01)
+    lr: float = lr_hp(5e-4)
     epsilon: float = hparam(0.1, Interval(float, 0, 1, closed="right"), "FGSM step ε in [0, 1] pixel space")
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
@@ -167,7 +167,7 @@ class BE(Iterative):
     mean_B ℓ(θ; x, K) over B ⊂ D_f, then prune the shadow logit (the returned model has K logits, as in the BE
     paper; ``keep_shadow=True`` keeps K+1 logits as the SalUn code does).
 
-    Defaults: digits/MLP 10 epochs, lr 0.01; paper (CIFAR-10) 10 epochs, lr ~[1e-6, 1e-4]. A saliency mask
+    Defaults: digits/MLP 10 epochs, lr 5e-4; paper (CIFAR-10) 10 epochs, lr ~[1e-6, 1e-4]. A saliency mask
     cannot be applied (the classifier's shape changes).
 
     ``lower_loss`` = mean_f^w ℓ(θ; x, K) = Σ w_i ℓ(x_i, K) / Σ w_i on a full batch, evaluated on the expanded
@@ -180,7 +180,7 @@ class BE(Iterative):
         "does not fit"
     )
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.01)
+    lr: float = lr_hp(5e-4)
     keep_shadow: bool = hparam(
         False, BOOL, "return the model with its K+1 logits (the SalUn code's behaviour)"
     )

@@ -104,14 +104,14 @@ class IU(Method):
     and k = `woodfisher_recursion` (v, per-sample retain gradients in order, n = 1000). All gradients at θ_o
     in eval mode, without augmentation.
 
-    Defaults: digits/MLP α = 10; paper α ∈ [1, 20] (users report α < 1 on some models).
+    Defaults: digits/MLP α = 50; paper α ∈ [1, 20] (users report α < 1 on some models).
 
     ``lower_loss``: none (raises NotImplementedError); IU is not the minimiser of an objective.
     """
 
     name: ClassVar[str] = "iu"
     alpha: float = hparam(
-        10.0, Interval(float, 0, None, closed="neither"), "step α along the influence direction"
+        50.0, Interval(float, 0, None, closed="neither"), "step α along the influence direction"
     )
     batch_size: int | None = hparam(
         None, Interval(int, 1, None, allow_none=True), "batch size of the gradient passes"

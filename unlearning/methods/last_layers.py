@@ -70,7 +70,7 @@ class _LastLayers(Iterative):
 
     reinit: ClassVar[bool] = False
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.05)
+    lr: float = lr_hp(0.1)
     k: int = hparam(1, Interval(int, 1, None), "number of last Linear/Conv2d layers trained")
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
@@ -135,10 +135,9 @@ class _LastLayers(Iterative):
 @dataclass
 class EUk(_LastLayers):
     """EU-k, exact unlearning of the last k layers: re-initialise them every epoch (Linear ~ N(0,1)),
-    freeze the
-    rest, fine-tune on D_r.
+    freeze the rest, fine-tune on D_r.
 
-    Defaults: digits/MLP 10 epochs, lr 0.05, k = 1; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1],
+    Defaults: digits/MLP 10 epochs, lr 0.2, k = 1; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1],
     k = 1.
 
     ``lower_loss`` = mean_r^w ℓ(θ; x, y) over the last k layers' parameters only (the rest fixed at θ_o);
@@ -147,6 +146,7 @@ class EUk(_LastLayers):
 
     name: ClassVar[str] = "eu_k"
     reinit: ClassVar[bool] = True
+    lr: float = lr_hp(0.2)
 
 
 @dataclass
@@ -154,7 +154,7 @@ class CFk(_LastLayers):
     """CF-k, catastrophic forgetting of the last k layers: freeze all but the last k layers, fine-tune them on
     D_r from θ_o.
 
-    Defaults: digits/MLP 10 epochs, lr 0.05, k = 1; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1],
+    Defaults: digits/MLP 10 epochs, lr 0.1, k = 1; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1],
     k = 1.
 
     ``lower_loss`` = mean_r^w ℓ(θ; x, y) over the last k layers' parameters only (the rest fixed at θ_o),

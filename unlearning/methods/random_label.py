@@ -55,7 +55,7 @@ class RL(Iterative):
     and
     trains one pass on mean_B c_i ℓ_i with c = 1 on D_f, α on D_r.
 
-    Defaults: digits/MLP 10 epochs, lr 0.02, sequential, α = 1; paper (CIFAR-10) 10 epochs, lr ∈ [0.01, 0.1],
+    Defaults: digits/MLP 10 epochs, lr 0.01, sequential, α = 1; paper (CIFAR-10) 10 epochs, lr ∈ [0.01, 0.1],
     α = 1.
 
     ``lower_loss`` = mean_f^w ℓ(θ; x, y') + α mean_r^w ℓ(θ; x, y), i.e. Σ w_i ℓ(x_i, y'_i)/Σ w_i +
@@ -65,7 +65,7 @@ class RL(Iterative):
 
     name: ClassVar[str] = "rl"
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.02)
+    lr: float = lr_hp(0.01)
     variant: str = hparam(
         "sequential", Options(("sequential", "mixed")), "forget then retain pass, or one mixed pass"
     )

@@ -32,7 +32,7 @@ _OFFSET = 101
 class Retrain(Iterative):
     """Train a fresh, seeded re-initialisation of the model on D_r: θ_u = argmin_θ mean_{D_r} ℓ(θ).
 
-    Defaults are the digits/MLP recipe (30 epochs, lr 0.1, cosine), the same as the original model's; the
+    Defaults are the digits/MLP recipe (20 epochs, lr 0.1, cosine), the same as the original model's; the
     papers use 182 epochs, lr 0.1, batch 256, cosine on CIFAR-10 (`from_recipe` takes a
     ``unlearning.training.Recipe``). The initial weights are drawn from the task seed.
 
@@ -45,7 +45,7 @@ class Retrain(Iterative):
         "Retrain starts from a fresh initialisation; a saliency mask computed at the original weights "
         "has no meaning there"
     )
-    epochs: int = epochs_hp(30)
+    epochs: int = epochs_hp(20)
     lr: float = lr_hp(0.1)
     schedule: str = hparam("cosine", Options(("cosine", "multistep", "constant")), "learning-rate schedule")
 

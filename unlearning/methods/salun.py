@@ -37,7 +37,7 @@ class SalUn(RL):
     mode, global ranking), then RL (see `RL`) with only the salient weights moving:
     θ_u = m ⊙ (θ_o + Δθ) + (1 − m) ⊙ θ_o. ``seconds`` includes the mask computation.
 
-    Defaults: digits/MLP 10 epochs, lr 0.02, sequential RL, sparsity 0.5, hard freeze; paper (CIFAR-10,
+    Defaults: digits/MLP 10 epochs, lr 0.01, sequential RL, sparsity 0.5, hard freeze; paper (CIFAR-10,
     README for 10% random) 10 epochs, lr 0.013 (search [5e-3, 2e-2]), sparsity 0.5; the paper-era code masked
     gradients only (``freeze="grad"``) and mixed forget/retain batches (``variant="mixed"``).
 
@@ -46,7 +46,7 @@ class SalUn(RL):
 
     name: ClassVar[str] = "salun"
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.02)
+    lr: float = lr_hp(0.01)
     sparsity: float = hparam(0.5, Interval(float, 0, 1), "fraction of weights kept salient (trainable)")
     per_layer: bool = hparam(False, BOOL, "rank saliency within each tensor instead of globally")
     freeze: str = hparam(

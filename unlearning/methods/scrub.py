@@ -49,7 +49,7 @@ class SCRUB(Iterative):
     ``lr_decay_epochs`` (η_e = η·0.1^{#{m : e > m}}); the SWA smoothing term of the code has weight 0 and
     is left out.
 
-    Defaults: digits/MLP 10 epochs, lr 0.01; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1]; both
+    Defaults: digits/MLP 10 epochs, lr 0.1; paper (WC code, CIFAR-10) 10 epochs, lr ∈ [1e-4, 1e-1]; both
     m_steps = 1, T = 4, γ = 0.99, α = 0.001, decay after epochs (3, 5, 9).
 
     ``lower_loss`` = γ mean_r^w ℓ(θ; x, y) + α mean_r^w KL_T − mean_f^w KL_T (the two phases' objectives
@@ -59,7 +59,7 @@ class SCRUB(Iterative):
 
     name: ClassVar[str] = "scrub"
     epochs: int = epochs_hp(10)
-    lr: float = lr_hp(0.01)
+    lr: float = lr_hp(0.1)
     m_steps: int = hparam(
         1, Interval(int, -1, None), "max epochs are e = 0..m_steps (on D_f), min epochs after"
     )
