@@ -15,6 +15,7 @@ from .constraints import Box, CappedSimplex, top_k
 from .first_order import FirstOrder
 from .hypergrad import Hypergrad
 from .implicit import Implicit
+from .inner import solve_inner
 from .linear_solvers import CG, Direct, FixedPoint, IndefiniteHessianError, Neumann
 from .modules import FunctionalModule
 from .outer_loop import MinimizeResult, minimize
@@ -35,6 +36,7 @@ __all__ = [
     "CappedSimplex",
     "top_k",
     "minimize",
+    "solve_inner",
     "MinimizeResult",
     "check_hypergrad",
     "HypergradCheck",

@@ -106,3 +106,25 @@ def rng_restored(state: tuple[Tensor, list[Tensor]] | None) -> Iterator[None]:
 
 def rng_state() -> tuple[Tensor, list[Tensor]]:
     return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def solve_inner(
+    problem: BilevelProblem,
+    optimizer: Any,
+    steps: int,
+    inner_init: Params,
+    outer: Params,
+    inner_data: Any = None,
+) -> Params:
+    """θ_T: ``steps`` steps of ``optimizer`` on g(·, λ) from ``inner_init`` (detached, no graph kept)."""
+    theta, _ = run_inner(
+        problem,
+        optimizer,
+        detach_tree(inner_init),
+        detach_tree(outer),
+        DataStream(inner_data, "inner_data"),
+        start=0,
+        stop=steps,
+    )
+    check_finite(theta, f"the inner solution after {steps} steps")
+    return detach_tree(theta)

@@ -17,6 +17,7 @@ from unlearning.commands import CLIError
 
 COMMANDS: list[str] = [
     "unlearning.commands.unlearn",
+    "unlearning.commands.demo",
 ]
 
 
