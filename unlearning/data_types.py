@@ -1,8 +1,10 @@
 """Tensor datasets and the `Task` an unlearning method receives.
 
-Everything is an in-memory tensor pair ``(x, y)``: the datasets this project targets on a CPU (digits, MNIST-5k,
+Everything is an in-memory tensor pair ``(x, y)``: the datasets this project targets on a CPU (digits,
+MNIST-5k,
 synthetic, CIFAR-10 at 50k images) fit in memory, and tensor batching is faster and simpler to seed than a
-``DataLoader``. ``x`` holds float images in ``[0, 1]`` (normalisation lives inside the model), ``y`` int64 labels.
+``DataLoader``. ``x`` holds float images in ``[0, 1]`` (normalisation lives inside the model), ``y``
+int64 labels.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class ArrayData:
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"x and y must have the same length, got {self.x.shape[0]} and {self.y.shape[0]}")
+            raise ValueError(
+                f"x and y must have the same length, got {self.x.shape[0]} and {self.y.shape[0]}"
+            )
         if self.y.dtype != torch.int64:
             raise ValueError(f"y must be int64 class indices, got {self.y.dtype}")
 
@@ -58,7 +62,9 @@ class ArrayData:
         n = len(self)
         if shuffle:
             if generator is None:
-                raise ValueError("shuffle=True needs a torch.Generator (pass generator=...) for reproducibility")
+                raise ValueError(
+                    "shuffle=True needs a torch.Generator (pass generator=...) for reproducibility"
+                )
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
@@ -77,9 +83,11 @@ class ArrayData:
 class Task:
     """An unlearning task: the data a method may use, and what it is evaluated on.
 
-    ``pool`` is the training pool the original model was trained on; ``forget_index`` selects D_f inside it and
+    ``pool`` is the training pool the original model was trained on; ``forget_index`` selects D_f inside
+    it and
     the rest is D_r. ``forget_class`` is set for class-wise forgetting (the test set then lacks that class).
-    ``augment`` is the training augmentation (applied by iterative methods to forget and retain batches, as the
+    ``augment`` is the training augmentation (applied by iterative methods to forget and retain batches,
+    as the
     published code does); evaluation never augments.
     """
 

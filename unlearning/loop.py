@@ -3,7 +3,8 @@ unlearning methods.
 
 A method is described by what it feeds the loop: per epoch, an iterable of batches and a loss. Hooks see the
 model after ``backward`` (``before_step``: e.g. multiply gradients by a saliency mask) and after the optimizer
-step (``after_step``: e.g. restore frozen weights exactly). This is what lets ``Masked`` wrap *any* gradient-based
+step (``after_step``: e.g. restore frozen weights exactly). This is what lets ``Masked`` wrap *any*
+gradient-based
 method without knowing it.
 """
 
@@ -127,7 +128,11 @@ def _progress(description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
     )
     task = bar.add_task(description, total=total)
     bar.start()
