@@ -18,6 +18,7 @@ from unlearning.commands import CLIError
 COMMANDS: list[str] = [
     "unlearning.commands.unlearn",
     "unlearning.commands.demo",
+    "unlearning.commands.search",
 ]
 
 

@@ -1,0 +1,403 @@
+"""``worstforget search``: the worst-case forget set of one unlearning method (`unlearning.worst_case`).
+
+Steps: `unlearning.setup.prepare` (dataset, split, original model; cached) → `worst_case.search` (bi-level
+search over the training pool) → the method run on the found set and on the random start set of the same size
+(forget loss and UA of each) → a table, and ``OUT/worst_case.json`` (the `SearchResult`, with key
+``indices``, readable by ``worstforget unlearn --forget indices:OUT/worst_case.json``), ``OUT/worst_case.md``
+and ``OUT/worst_case.png`` (the upper objective over the steps), all written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from unlearning.commands import CLIError, parse_opts
+
+DESCRIPTION = """Find the forget set an unlearning method handles worst, by bi-level optimisation.
+
+Upper level: forget weights w in [0,1]^N over the training pool with sum w = m (the budget), minimising
+F(w) = sum_i w_i loss_i(theta(w)) + gamma |w|^2: the forget loss left after the method has unlearned w, i.e.
+the points the method fails to forget. Lower level: the method's own weighted objective, run from the original
+model (a fresh init for retrain). The hypergradient is the paper's first-order signSGD rule (default), or
+unrolled / implicit differentiation through an SGD lower level. The final set is the top-m of w; --reverse
+finds the best case (the easiest set to forget) instead, --classwise searches over whole classes.
+
+The method is then run on the found set and on a random set of the same size (the search's start), and their
+forget losses and UA are compared. The set is saved as OUT/worst_case.json, which
+`worstforget unlearn --forget indices:OUT/worst_case.json` reads.
+
+Example: worstforget search --dataset digits --model mlp --method ft --budget 0.1 --seed 0 --out runs/wc"""
+
+
+def _budget(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in (0, 1) or a whole number of examples, got {text!r}"
+        ) from None
+    if value >= 1:
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(
+                f"a budget >= 1 is a number of examples (or classes) and must be whole, got {text!r}"
+            )
+        return int(value)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) or a count >= 1, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from unlearning import datasets, models
+    from unlearning.worst_case import HYPERGRADS
+
+    p = subparsers.add_parser(
+        "search",
+        help="find the worst-case forget set of an unlearning method (bi-level)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--method", default="ft", help="unlearning method (default: ft; see unlearn --list-methods)"
+    )
+    p.add_argument(
+        "--dataset", default="digits", help=f"one of {', '.join(datasets.NAMES)} (default: digits)"
+    )
+    p.add_argument("--model", default="mlp", help=f"one of {', '.join(models.NAMES)} (default: mlp)")
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        default=0.1,
+        help="forget-set size: a fraction of the pool in (0, 1) or a count (--classwise: of the classes); "
+        "default 0.1",
+    )
+    p.add_argument(
+        "--hypergrad",
+        default="first-order",
+        choices=HYPERGRADS,
+        help="hypergradient: first-order (signSGD lower level, the paper's rule; default), unrolled, "
+        "implicit",
+    )
+    p.add_argument("--upper-steps", type=int, default=20, help="upper-level steps (default: 20)")
+    p.add_argument(
+        "--inner-steps", type=int, default=10, help="lower-level steps per upper step (default: 10)"
+    )
+    p.add_argument(
+        "--inner-lr", type=float, help="lower-level step (default: 1e-2 signSGD, the method's lr for SGD)"
+    )
+    p.add_argument("--upper-lr", type=float, help="upper-level step on w (default: 30)")
+    p.add_argument("--gamma", type=float, default=0.0, help="upper regulariser gamma |w|^2 (default: 0)")
+    p.add_argument(
+        "--binarize-every",
+        type=int,
+        default=20,
+        help="w <- top-m(w) every N upper steps; 0 = never (default 20)",
+    )
+    p.add_argument("--batch-size", type=int, help="lower-level mini-batch size (default: the full pool)")
+    p.add_argument(
+        "--classwise", action="store_true", help="search over classes (budget = number of classes)"
+    )
+    p.add_argument("--reverse", action="store_true", help="the best case: the set easiest to forget")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the search")
+    p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
+    p.add_argument(
+        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="train the original model afresh")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyper-parameter (repeatable)")
+    p.add_argument(
+        "--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. n=500, limit=5000"
+    )
+    p.add_argument(
+        "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,128]"
+    )
+    p.add_argument("--no-compare", action="store_true", help="skip running the method on the two sets")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    from unlearning import datasets, models, setup
+
+    if args.dataset.lower() not in datasets.NAMES:
+        raise CLIError(
+            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
+        )
+    if args.model.lower() not in models.NAMES:
+        raise CLIError(
+            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
+        )
+    for flag in ("upper_steps", "inner_steps", "batch_size", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")
+    if args.binarize_every < 0:
+        raise CLIError(f"argument --binarize-every: must be >= 0 (0 = never), got {args.binarize_every}")
+    for flag in ("inner_lr", "upper_lr"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise CLIError(f"argument --{flag.replace('_', '-')}: must be > 0, got {value}")
+    if not args.gamma >= 0:
+        raise CLIError(f"argument --gamma: must be >= 0, got {args.gamma}")
+    try:
+        setup.resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(f"argument --device: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from unlearning.commands.unlearn import _flag_for, method_hparams
+    from unlearning.io import write_json, write_text
+    from unlearning.methods import make
+    from unlearning.setup import prepare
+    from unlearning.worst_case import resolve_budget, search
+
+    _check(args)
+    mh = argparse.Namespace(method=args.method, hp=args.hp, lr=None, epochs=None)
+    method_hparams(mh)  # unknown method / hyper-parameter: fail before training
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        prepared = prepare(
+            args.dataset.lower(),
+            args.model.lower(),
+            "random:0.1",
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            model_opts=parse_opts(args.model_opt, "--model-opt"),
+            dataset_opts=parse_opts(args.data_opt, "--data-opt"),
+            use_cache=not args.no_cache,
+        )
+    except FileNotFoundError as err:
+        raise CLIError(f"argument --data-dir: {err}") from None
+    except TypeError as err:
+        raise CLIError(f"argument --data-opt: {err}") from None
+    except ValueError as err:
+        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
+    task = prepared.task
+    n_units = len(set(task.pool.y.tolist())) if args.classwise else len(task.pool)
+    try:
+        resolve_budget(args.budget, n_units, what="set of classes" if args.classwise else "pool")
+    except ValueError as err:
+        raise CLIError(f"argument --budget: {err}") from None
+    name, hp = method_hparams(mh, prepared.recipe)
+    try:
+        method = make(name, **hp)
+    except ValueError as err:
+        raise CLIError(f"argument --hp: {err}") from None
+
+    from unlearning.loop import progress_enabled
+
+    try:
+        result = search(
+            prepared,
+            method,
+            budget=args.budget,
+            hypergrad=args.hypergrad,
+            upper_steps=args.upper_steps,
+            inner_steps=args.inner_steps,
+            inner_lr=args.inner_lr,
+            upper_lr=args.upper_lr,
+            gamma=args.gamma,
+            binarize_every=args.binarize_every or None,
+            classwise=args.classwise,
+            reverse=args.reverse,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=None if progress_enabled() else False,
+        )
+    except ValueError as err:
+        raise CLIError(f"argument --method/--hp: {err}") from None
+    report = result.to_dict()
+    report["comparison"] = None if args.no_compare else compare(prepared, method, result, args.seed)
+    report["config"]["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out = Path(args.out)
+    write_json(out / "worst_case.json", report)
+    write_text(out / "worst_case.md", markdown(report))
+    plot(report, out / "worst_case.png")
+    print_table(report, out)
+    return 0
+
+
+def compare(prepared: Any, method: Any, result: Any, seed: int) -> dict[str, Any]:
+    """The method run on the found set and on the random start set: mean forget loss before (original model)
+    and after, UA after, and the method's seconds."""
+    import torch
+
+    from unlearning import metrics, splits
+    from unlearning.worst_case import forget_loss
+
+    out: dict[str, Any] = {}
+    pool = prepared.task.pool
+    for label, index in (("found", result.indices), ("random", result.initial_indices)):
+        task = splits.make_task(
+            prepared.split,
+            index,
+            num_classes=prepared.task.num_classes,
+            seed=prepared.task.seed,
+            augment=prepared.task.augment,
+            batch_size=prepared.task.batch_size,
+        )
+        task = type(task)(
+            pool=task.pool.to(prepared.device),
+            forget_index=task.forget_index,
+            val=task.val.to(prepared.device),
+            test=task.test.to(prepared.device),
+            num_classes=task.num_classes,
+            augment=task.augment,
+            batch_size=task.batch_size,
+            seed=task.seed,
+            name=task.name,
+        )
+        torch.manual_seed(seed)
+        unlearned = copy.deepcopy(method).unlearn(prepared.original, task)
+        out[label] = {
+            "size": int(index.numel()),
+            "forget_loss_original": forget_loss(prepared.original, pool, index),
+            "forget_loss_after": forget_loss(unlearned.model, pool, index),
+            "UA_original": 100.0 - metrics.accuracy(prepared.original, task.forget),
+            "UA_after": 100.0 - metrics.accuracy(unlearned.model, task.forget),
+            "seconds": unlearned.seconds,
+        }
+    return out
+
+
+def _label(report: dict) -> str:
+    return "best-case" if report["config"]["reverse"] else "worst-case"
+
+
+def _rows(report: dict) -> list[tuple[str, str, str]]:
+    c, h = report["config"], report["history"]
+    rows = [
+        (
+            "upper objective F at the binary set",
+            f"{report['objective']['final']:.4f}",
+            f"{report['objective']['initial']:.4f}",
+        )
+    ]
+    comp = report.get("comparison")
+    if comp:
+        f, r = comp["found"], comp["random"]
+        rows += [
+            (
+                "mean forget loss, original model",
+                f"{f['forget_loss_original']:.4f}",
+                f"{r['forget_loss_original']:.4f}",
+            ),
+            (
+                f"mean forget loss after {c['method']}",
+                f"{f['forget_loss_after']:.4f}",
+                f"{r['forget_loss_after']:.4f}",
+            ),
+            (f"UA after {c['method']} (%)", f"{f['UA_after']:.2f}", f"{r['UA_after']:.2f}"),
+        ]
+    per_step = sorted(e["seconds"] for e in h)[len(h) // 2]
+    rows += [
+        ("search seconds (median per upper step)", f"{report['seconds']:.2f} ({per_step:.3f})", ""),
+        ("overlap with the random start", f"{_overlap(report):.0%}", ""),
+    ]
+    return rows
+
+
+def _where(config: dict) -> str:
+    return f"{config.get('dataset', '?')}/{config.get('model', '?')}"
+
+
+def _overlap(report: dict) -> float:
+    a, b = set(report["indices"]), set(report["initial_indices"])
+    return len(a & b) / max(1, len(a))
+
+
+def markdown(report: dict) -> str:
+    c = report["config"]
+    unit = "classes" if c["classwise"] else "examples"
+    lines = [
+        f"# {_label(report).capitalize()} forget set: {c['method']} on {_where(c)}, seed {c['seed']}",
+        "",
+        f"Budget m = {c['size']} {unit} of {c['pool_size'] if not c['classwise'] else 'the classes'} "
+        f"(|D_f| = {report['size']}); hypergradient `{c['hypergrad']}` ({c['solver']}); "
+        f"{c['upper_steps']} upper steps (lr {c['upper_lr']:g}) x {c['inner_steps']} lower steps "
+        f"(lr {c['inner_lr']:g}); gamma {c['gamma']:g}; binarise every {c['binarize_every']}.",
+        "",
+        f"| quantity | {_label(report)} set | random set (search start) |",
+        "|---|---:|---:|",
+        *[f"| {a} | {b} | {d} |" for a, b, d in _rows(report)],
+        "",
+    ]
+    if report.get("classes") is not None:
+        lines += [f"Classes selected: {report['classes']}.", ""]
+    flags = " --classwise" * c["classwise"] + " --reverse" * c["reverse"]
+    lines += [
+        "Reproduce: `worstforget search "
+        f"--dataset {c.get('dataset', 'digits')} --model {c.get('model', 'mlp')} --method {c['method']} "
+        f"--budget {c['budget']} --hypergrad {c['hypergrad']} --upper-steps {c['upper_steps']} "
+        f"--inner-steps {c['inner_steps']} --upper-lr {c['upper_lr']:g} --inner-lr {c['inner_lr']:g} "
+        f"--gamma {c['gamma']:g} --binarize-every {c['binarize_every'] or 0} --seed {c['seed']}{flags}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def print_table(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = report["config"]
+    table = Table(
+        title=f"{_label(report)} forget set for {c['method']} on {_where(c)} "
+        f"(m = {c['size']}, {c['hypergrad']}, seed {c['seed']})"
+    )
+    table.add_column("quantity")
+    table.add_column(f"{_label(report)} set", justify="right")
+    table.add_column("random set", justify="right")
+    for row in _rows(report):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'worst_case.json'}, {out / 'worst_case.md'} and {out / 'worst_case.png'}")
+
+
+def plot(report: dict, path: Path) -> None:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from unlearning.io import write_atomic
+
+    h = report["history"]
+    steps = [e["step"] for e in h]
+    fig = Figure(figsize=(10, 3.6))
+    FigureCanvasAgg(fig)
+    a, b = fig.subplots(1, 2)
+    a.plot(steps, [e["objective"] for e in h], marker="o", ms=3, label="F(w_k) (continuous w)")
+    a.axhline(report["objective"]["final"], ls="--", color="tab:red", label="F(final set)")
+    a.axhline(report["objective"]["initial"], ls=":", color="grey", label="F(random start)")
+    for e in h:
+        if e.get("binarized"):
+            a.axvline(e["step"], color="k", alpha=0.15)
+    a.set_xlabel("upper step")
+    a.set_ylabel("upper objective F")
+    a.legend(fontsize=8)
+    b.plot(steps, [e["overlap_final"] for e in h], label="|top-m(w_k) ∩ final| / m")
+    b.set_ylim(0, 1.05)
+    b.set_xlabel("upper step")
+    b.set_ylabel("overlap with the final set")
+    b2 = b.twinx()
+    b2.bar(steps, [e["changed"] for e in h], alpha=0.3, color="tab:orange")
+    b2.set_ylabel("entries entering top-m", color="tab:orange")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
