@@ -112,7 +112,9 @@ class FirstOrder:
             theta, _ = run_inner(problem, self.optimizer, theta, lam, stream, start=0, stop=self.steps)
         check_finite(theta, f"the inner solution after {self.steps} steps")
         batch = stream(self.steps)
-        d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
+        d_theta, d_lam, f_value = outer_partials(
+            problem, theta, lam, outer_batch, theta_too=self.mode == "identity"
+        )
         check_finite(d_lam, "∂f/∂λ at the inner solution")
         info: dict[str, Any] = {"mode": self.mode, "inner_steps": self.steps, "hvp_count": 0}
         if self.mode == "partial":
@@ -160,7 +162,7 @@ class FirstOrder:
             penalised, self.optimizer, z, lam, stream, start=self.steps, stop=self.steps + n, record=False
         )  # type: ignore[arg-type]
         check_finite(y, "F2SA's penalised inner iterate y")
-        _, d_lam_y, _ = outer_partials(problem, y, lam, outer_batch)
+        _, d_lam_y, _ = outer_partials(problem, y, lam, outer_batch, theta_too=False)
         gy = _lambda_grad_of_inner(problem, y, lam, batch)
         gz = _lambda_grad_of_inner(problem, z, lam, batch)
         grad = tree.add(d_lam_y, tree.sub(gy, gz), self.sigma)

@@ -21,13 +21,24 @@ from .tree import Params, check_finite
 
 
 def inner_grad(
-    problem: BilevelProblem, inner: Params, outer: Params, batch: Any, *, create_graph: bool = False
+    problem: BilevelProblem,
+    inner: Params,
+    outer: Params,
+    batch: Any,
+    *,
+    create_graph: bool = False,
+    detached: bool = False,
 ) -> tuple[Params, Tensor]:
-    """(∇_θ g(θ, λ; batch), g) with autograd. Unused entries of θ get zero gradients."""
+    """(∇_θ g(θ, λ; batch), g) with autograd. Unused entries of θ get zero gradients.
+
+    Without ``create_graph`` the result carries no graph; ``detached=True`` promises that ``inner`` and
+    ``outer`` already carry none (the inner loop's hot path skips re-detaching them).
+    """
     with torch.enable_grad():
         if not create_graph:
-            inner = {k: v.detach().requires_grad_(True) for k, v in inner.items()}
-            outer = {k: v.detach() for k, v in outer.items()}
+            inner = {k: (v if detached else v.detach()).requires_grad_(True) for k, v in inner.items()}
+            if not detached:
+                outer = {k: v.detach() for k, v in outer.items()}
         else:
             inner = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in inner.items()}
         value = check_scalar(problem.inner_loss(inner, outer, batch), "inner_loss")
@@ -53,16 +64,21 @@ def run_inner(
 
     ``record``: let ``buffers="track"`` modules store their running statistics (off when replaying steps).
     """
+    if not create_graph:  # detach once; every later iterate is produced under no_grad
+        inner, outer, state = detach_tree(inner), detach_tree(outer), detach_tree(state)
     if state is None:
         state = optimizer.init(inner)
     for t in range(start, stop):
         with recording_buffers(record):
-            grads, _ = inner_grad(problem, inner, outer, stream(t), create_graph=create_graph)
+            grads, _ = inner_grad(
+                problem, inner, outer, stream(t), create_graph=create_graph, detached=not create_graph
+            )
         if create_graph:
             inner, state = optimizer.step(inner, grads, state)
         else:
             with torch.no_grad():
-                inner, state = optimizer.step(detach_tree(inner), grads, detach_tree(state))
+                # fresh tensors: inner_grad marks its inputs requires_grad, never the caller's tensors
+                inner, state = optimizer.step({k: v.detach() for k, v in inner.items()}, grads, state)
             # A NaN here would otherwise surface much later, far from its cause.
             if t == stop - 1 or (t - start) % 50 == 49:
                 check_finite(inner, f"the inner iterate at step {t + 1}")

@@ -143,7 +143,7 @@ class Unrolled:
         check_finite(f_value, "outer_loss after the unrolled inner loop")
         check_finite(grad, "the unrolled hypergradient")
         theta_T = tree.detach(theta_T)
-        g_T, g_value = inner_grad(problem, theta_T, lam, stream(T) if not self.checkpoint else stream(T))
+        g_T, g_value = inner_grad(problem, theta_T, lam, stream(T))
         info = {
             "seconds": time.perf_counter() - start,
             "outer_loss": float(f_value),
