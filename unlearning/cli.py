@@ -17,7 +17,8 @@ from unlearning.commands import CLIError
 
 COMMANDS: list[str] = [
     "unlearning.commands.unlearn",
-    "unlearning.commands.demo",
+    "unlearning.commands.hyperclean",
+    "unlearning.commands.stress",
     "unlearning.commands.search",
 ]
 

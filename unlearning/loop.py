@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,8 +73,12 @@ class SGDConfig:
 
 
 def progress_enabled() -> bool:
-    """Progress bars are on unless ``WORSTFORGET_PROGRESS=0`` (tests set it)."""
-    return os.environ.get("WORSTFORGET_PROGRESS", "1") != "0"
+    """Progress bars are on in a terminal, unless ``WORSTFORGET_PROGRESS=0`` (tests set it);
+    ``WORSTFORGET_PROGRESS=1`` forces them on elsewhere too."""
+    flag = os.environ.get("WORSTFORGET_PROGRESS")
+    if flag is not None:
+        return flag != "0"
+    return sys.stdout.isatty()
 
 
 def run_epochs(

@@ -1,9 +1,9 @@
-"""``worstforget demo``: the bi-level engine on bundled data, end to end, in seconds.
+"""``worstforget hyperclean``: the bi-level engine on bundled data, end to end, in seconds.
 
 Data hyper-cleaning on scikit-learn's digits (`unlearning.cleaning`): 40% of the training labels are flipped,
 and per-sample weights on the capped simplex {w ∈ [0,1]^n : Σw = k} are learned by projected descent on the
 validation loss with a hypergradient solver (`--solver implicit|unrolled|first-order`). Prints a table and
-writes ``OUT/demo.json``, ``OUT/demo.md`` and ``OUT/demo.png`` atomically.
+writes ``OUT/hyperclean.json``, ``.md`` and ``.png`` atomically.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ Upper level: per-sample weights w on {w in [0,1]^n : sum w = k}. Lower level: a 
 trained on the w-weighted examples. The hypergradient of the validation loss with respect to w moves weight
 away from mislabelled examples; the k largest weights are kept and a model is retrained on them.
 
-Example: worstforget demo --solver implicit --seed 0 --out demo-out"""
+Example: worstforget hyperclean --solver implicit --seed 0 --out runs/hyperclean"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from unlearning.cleaning import SOLVERS
 
     p = subparsers.add_parser(
-        "demo",
+        "hyperclean",
         help="bi-level data hyper-cleaning on bundled digits (seconds, CPU)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--out", default="runs/hyperclean", help="output folder (default: runs/hyperclean)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the label noise and the run")
     p.add_argument(
         "--solver", default="implicit", choices=SOLVERS, help="hypergradient solver (default: implicit)"
@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=lambda done, total: bar.update(task, completed=done),
         )
-    write_json(out / "demo.json", report)
-    write_text(out / "demo.md", markdown(report))
-    plot(report, out / "demo.png")
+    write_json(out / "hyperclean.json", report)
+    write_text(out / "hyperclean.md", markdown(report))
+    plot(report, out / "hyperclean.png")
     print_table(report, out)
     return 0
 
@@ -111,7 +111,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
-        "# worstforget demo: bi-level data hyper-cleaning on digits",
+        "# worstforget hyperclean: bi-level data hyper-cleaning on digits",
         "",
         f"Solver `{cfg['solver']}`, {cfg['outer_steps']} outer steps x {cfg['inner_steps']} inner steps, "
         f"label noise {cfg['noise']:.0%}, budget k = {cfg['budget_k']:.0f} of {cfg['n_train']}, "
@@ -122,7 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|",
         *[f"| {a} | {b} |" for a, b in _rows(report)],
         "",
-        "Reproduce: `worstforget demo "
+        "Reproduce: `worstforget hyperclean "
         f"--solver {cfg['solver']} --seed {cfg['seed']} --noise {cfg['noise']} --steps {cfg['outer_steps']} "
         f"--inner-steps {cfg['inner_steps']}`",
         "",
@@ -141,7 +141,7 @@ def print_table(report: dict[str, Any], out: Path) -> None:
         table.add_row(a, b)
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'demo.json'}, {out / 'demo.md'} and {out / 'demo.png'}")
+    console.print(f"wrote {out / 'hyperclean.json'}, {out / 'hyperclean.md'} and {out / 'hyperclean.png'}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
