@@ -52,7 +52,10 @@ HYPERGRADS = ("first-order", "unrolled", "implicit")
 #: projected-descent step on w (the per-step change of a weight is at most ``upper_lr`` × the spread of ℓ_i).
 DEFAULT_SIGN_LR = 1e-2
 DEFAULT_SGD_LR = 0.05
-DEFAULT_UPPER_LR = {"first-order": 30.0, "unrolled": 30.0, "implicit": 30.0}
+DEFAULT_UPPER_LR = 30.0
+#: class-wise, a class's mean loss after the whole class left the retain set is large (≈ 10 on digits), and
+#: steps of 30 jump between vertices of the simplex; 1.0 lets the weights settle.
+DEFAULT_UPPER_LR_CLASSWISE = 1.0
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -379,8 +382,9 @@ def search(
     ``budget``: the forget-set size m (fraction of the pool in (0, 1) or a count; class-wise: of the classes).
     ``hypergrad``: ``"first-order"`` (signSGD lower level, the paper's rule), ``"unrolled"`` or
     ``"implicit"`` (SGD lower level; ``damping`` δ and ``cg_iters`` for CG). ``inner_steps`` K and
-    ``inner_lr`` (default 1e-3 for signSGD, the method's ``lr`` or 0.05 for SGD); ``upper_steps`` and
-    ``upper_lr`` of projected gradient descent on w; ``gamma`` γ; ``binarize_every`` (None: never).
+    ``inner_lr`` (default 1e-2 for signSGD, the method's ``lr`` or 0.05 for SGD); ``upper_steps`` and
+    ``upper_lr`` (default 30, class-wise 1) of projected gradient descent on w; ``gamma`` γ;
+    ``binarize_every`` (None: never).
     ``batch_size``: inner mini-batches of the pool (seeded, ``augment``: with the task's augmentation);
     None = full batch. ``seed``: the random start set and the batch order (same seed → same set on CPU).
     ``device``: default, the model's. ``progress``: None (a bar unless ``WORSTFORGET_PROGRESS=0``), False,
@@ -411,7 +415,7 @@ def search(
             DEFAULT_SIGN_LR if hypergrad == "first-order" else float(getattr(meth, "lr", DEFAULT_SGD_LR))
         )
     if upper_lr is None:
-        upper_lr = DEFAULT_UPPER_LR[hypergrad]
+        upper_lr = DEFAULT_UPPER_LR_CLASSWISE if classwise else DEFAULT_UPPER_LR
 
     from .setup import resolve_device
 

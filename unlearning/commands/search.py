@@ -89,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--inner-lr", type=float, help="lower-level step (default: 1e-2 signSGD, the method's lr for SGD)"
     )
-    p.add_argument("--upper-lr", type=float, help="upper-level step on w (default: 30)")
+    p.add_argument("--upper-lr", type=float, help="upper-level step on w (default: 30; --classwise: 1)")
     p.add_argument("--gamma", type=float, default=0.0, help="upper regulariser gamma |w|^2 (default: 0)")
     p.add_argument(
         "--binarize-every",
