@@ -310,6 +310,17 @@ def _rows(report: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _note(report: dict) -> str | None:
+    """A warning when the search ended no better than its random start (F at the binary sets)."""
+    o = report["objective"]
+    if o["final"] < o["initial"]:
+        return None
+    return (
+        f"note: F at the found set ({o['final']:.4g}) is not below F at the random start ({o['initial']:.4g}): "
+        "the upper steps overshoot for this method; lower --upper-lr (e.g. 1 or 0.1) or add --gamma"
+    )
+
+
 def _where(config: dict) -> str:
     return f"{config.get('dataset', '?')}/{config.get('model', '?')}"
 
@@ -337,6 +348,8 @@ def markdown(report: dict) -> str:
     ]
     if report.get("classes") is not None:
         lines += [f"Classes selected: {report['classes']}.", ""]
+    if _note(report):
+        lines += [f"**{_note(report)}**", ""]
     flags = " --classwise" * c["classwise"] + " --reverse" * c["reverse"]
     lines += [
         "Reproduce: `worstforget search "
@@ -365,6 +378,8 @@ def print_table(report: dict, out: Path) -> None:
         table.add_row(*row)
     console = Console()
     console.print(table)
+    if _note(report):
+        console.print(_note(report), style="yellow")
     console.print(f"wrote {out / 'worst_case.json'}, {out / 'worst_case.md'} and {out / 'worst_case.png'}")
 
 
