@@ -95,3 +95,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, digits_random, argv, fla
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert flag in err
     assert not (tmp_path / "x" / "worst_case.json").exists()
+
+
+def test_note_when_the_search_ends_above_its_start():
+    from unlearning.commands.search import _note
+
+    assert _note({"objective": {"initial": 2.0, "final": 1.0}}) is None
+    assert "--upper-lr" in _note({"objective": {"initial": 1.0, "final": 2.0}})

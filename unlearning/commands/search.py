@@ -316,8 +316,9 @@ def _note(report: dict) -> str | None:
     if o["final"] < o["initial"]:
         return None
     return (
-        f"note: F at the found set ({o['final']:.4g}) is not below F at the random start ({o['initial']:.4g}): "
-        "the upper steps overshoot for this method; lower --upper-lr (e.g. 1 or 0.1) or add --gamma"
+        f"note: F at the found set ({o['final']:.4g}) is not below F at the random start "
+        f"({o['initial']:.4g}): the upper steps overshoot for this method; "
+        "lower --upper-lr (e.g. 1 or 0.1) or add --gamma"
     )
 
 
