@@ -42,6 +42,7 @@ import bilevel
 from bilevel import CappedSimplex, optim, top_k
 
 from .data_types import ArrayData, Task
+from .methods.base import NoLowerLevelError
 from .splits import forget_indices
 
 __all__ = ["HYPERGRADS", "SearchResult", "search", "build_problem", "make_solver", "resolve_budget"]
@@ -457,7 +458,7 @@ def search(
     try:
         bound = meth.bind(work, bind_task)
         theta0, buffers = bound.initial_state()
-    except NotImplementedError as err:
+    except NoLowerLevelError as err:
         raise ValueError(
             f"method {meth.name!r} has no lower-level objective, so it cannot be searched: {err}"
         ) from None

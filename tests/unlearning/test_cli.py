@@ -38,8 +38,7 @@ def test_commands_are_registered_from_the_list():
 def test_console_script():
     exe = Path(sys.executable).with_name("worstforget")
     exe = str(exe) if exe.exists() else shutil.which("worstforget")
-    if exe is None:
-        pytest.skip("worstforget console script not installed")
+    assert exe is not None, "worstforget console script not installed: run `make test` (pip install -e .)"
     done = subprocess.run([exe, "unlearn", "--method", "nope"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
     assert "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ import unlearning.methods.random_label as random_label_mod
 import unlearning.methods.scrub as scrub_mod
 from tests.unlearning.test_methods_helpers import K, state, tiny_model, tiny_task
 from unlearning.methods import BE, BS, GA, IU, REGISTRY, RL, SCRUB, CFk, EUk, L1Sparse, Retrain, make
-from unlearning.methods.base import Run
+from unlearning.methods.base import NoLowerLevelError, Run
 from unlearning.methods.boundary import fgsm
 from unlearning.methods.influence import WOODFISHER_N, woodfisher_recursion
 from unlearning.methods.salun import SoftThreshold
@@ -206,9 +206,9 @@ def test_iu_update_equals_direct_formula():
 
 
 def test_iu_has_no_lower_loss():
-    with pytest.raises(NotImplementedError, match="one-shot perturbation"):
+    with pytest.raises(NoLowerLevelError, match="one-shot perturbation"):
         IU().bind(tiny_model(), tiny_task())
-    with pytest.raises(NotImplementedError, match="one-shot perturbation"):
+    with pytest.raises(NoLowerLevelError, match="one-shot perturbation"):
         IU().lower_loss({}, {}, (None, None, None), torch.zeros(3))
 
 

@@ -5,7 +5,7 @@ registry.
 classes' dataclass fields (``Method.hyperparameters()`` lists defaults, valid ranges and descriptions).
 """
 
-from unlearning.methods.base import Method, Unlearned
+from unlearning.methods.base import Method, NoLowerLevelError, Unlearned
 from unlearning.methods.boundary import BE, BS
 from unlearning.methods.finetune import FT
 from unlearning.methods.gradient_ascent import GA
@@ -19,6 +19,7 @@ from unlearning.methods.scrub import SCRUB
 from unlearning.methods.sparse import L1Sparse
 
 __all__ = [
+    "NoLowerLevelError",
     "BE",
     "BS",
     "CFk",

@@ -51,6 +51,10 @@ Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor, Tensor]
 
 
+class NoLowerLevelError(TypeError):
+    """The method has no lower-level objective (``lower_loss``): it is not the minimiser of a loss."""
+
+
 @dataclass
 class Unlearned:
     """The result of ``Method.unlearn``: the unlearned model, its run time in seconds, and diagnostics."""

@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearning.data_types import ArrayData, Task
-from unlearning.methods.base import Interval, LowerContext, Method, Params, Run, device_of, hparam
+from unlearning.methods.base import (
+    Interval,
+    LowerContext,
+    Method,
+    NoLowerLevelError,
+    Params,
+    Run,
+    device_of,
+    hparam,
+)
 
 #: The constant N of the published recursion: it damps every rank-1 update and bounds the number of
 #: per-sample retain gradients used (N + 2).
@@ -106,7 +115,7 @@ class IU(Method):
 
     Defaults: digits/MLP α = 50; paper α ∈ [1, 20] (users report α < 1 on some models).
 
-    ``lower_loss``: none (raises NotImplementedError); IU is not the minimiser of an objective.
+    ``lower_loss``: none (raises `NoLowerLevelError`); IU is not the minimiser of an objective.
     """
 
     name: ClassVar[str] = "iu"
@@ -135,7 +144,7 @@ class IU(Method):
         return model, {"k_norm": float(k.norm()), "v_norm": float(v.norm())}
 
     def _bind(self, model: nn.Module, task: Task) -> LowerContext:
-        raise NotImplementedError(_NO_LOWER)
+        raise NoLowerLevelError(_NO_LOWER)
 
     def lower_loss(self, params: Params, buffers: Params, batch, weights: Tensor) -> Tensor:
-        raise NotImplementedError(_NO_LOWER)
+        raise NoLowerLevelError(_NO_LOWER)
