@@ -96,7 +96,9 @@ class Box(Constraint):
 
     def project(self, w: Tensor) -> Tensor:
         _check_tensor(w, "Box.project", one_d=False)
-        return torch.clamp(w, self.lo, self.hi)
+        lo = torch.as_tensor(self.lo, dtype=w.dtype, device=w.device)
+        hi = torch.as_tensor(self.hi, dtype=w.dtype, device=w.device)
+        return torch.clamp(w, lo, hi)
 
     def contains(self, w: Tensor, tol: float = 1e-6) -> bool:
         """lo − tol ≤ w ≤ hi + tol entrywise."""

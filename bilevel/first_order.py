@@ -91,6 +91,13 @@ class FirstOrder:
         self.finite_difference, self.sigma = finite_difference, float(sigma)
         self.penalty_steps = penalty_steps
 
+    @property
+    def batches_per_call(self) -> int:
+        """Inner batches one `hypergrad` call consumes (steps 0 .. n−1 of ``inner_data``)."""
+        if self.mode == "f2sa":
+            return self.steps + (self.penalty_steps or max(self.steps, 1))
+        return self.steps + 1
+
     def __repr__(self) -> str:
         return f"FirstOrder(mode={self.mode!r}, steps={self.steps}, optimizer={self.optimizer!r})"
 
@@ -115,6 +122,7 @@ class FirstOrder:
         d_theta, d_lam, f_value = outer_partials(
             problem, theta, lam, outer_batch, theta_too=self.mode == "identity"
         )
+        check_finite(f_value, "outer_loss at the inner solution")
         check_finite(d_lam, "∂f/∂λ at the inner solution")
         info: dict[str, Any] = {"mode": self.mode, "inner_steps": self.steps, "hvp_count": 0}
         if self.mode == "partial":

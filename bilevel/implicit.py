@@ -63,6 +63,11 @@ class Implicit:
         self.hvp = hvp
         self._previous_v: Params | None = None
 
+    @property
+    def batches_per_call(self) -> int:
+        """Inner batches one `hypergrad` call consumes (steps 0 .. ``steps`` of ``inner_data``)."""
+        return self.steps + 1
+
     def reset(self) -> None:
         """Forget the warm-start solution."""
         self._previous_v = None
@@ -109,7 +114,10 @@ class Implicit:
         v = self._previous_v
         if not self.warm_start or v is None:
             return None
-        if v.keys() != like.keys() or any(v[k].shape != like[k].shape for k in v):
+        if v.keys() != like.keys() or any(
+            v[k].shape != like[k].shape or v[k].dtype != like[k].dtype or v[k].device != like[k].device
+            for k in v
+        ):
             return None
         return v
 
@@ -155,7 +163,7 @@ def implicit_from_solution(
         iterations=stats.get("iterations"),
         hvp_count=lin.counter["hvp"],
         linear_solver=type(linear_solver).__name__,
-        warm_started=x0 is not None,
+        warm_started=bool(stats.get("warm_started", False)),
     )
     for key in ("indefinite", "alpha"):
         if key in stats:

@@ -63,7 +63,12 @@ class CG:
     def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
         op = hvp if self.damping == 0 else (lambda v: tree.add(hvp(v), v, self.damping))
         b_norm = float(tree.norm(b))
-        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0, "indefinite": False}
+        stats: dict[str, Any] = {
+            "iterations": 0,
+            "hvp_count": 0,
+            "indefinite": False,
+            "warm_started": x0 is not None,
+        }
         if b_norm == 0.0:
             stats["residual"] = 0.0
             return tree.zeros_like(b), stats
@@ -82,6 +87,11 @@ class CG:
             hp = op(p)
             stats["hvp_count"] += 1
             curvature = tree.dot(p, hp)
+            if not math.isfinite(float(curvature)):
+                raise FloatingPointError(
+                    f"NaN/Inf in a Hessian-vector product (CG iteration {stats['iterations']}): the inner "
+                    "loss has no finite second derivative at the returned solution"
+                )
             if not float(curvature) > 0:
                 stats["indefinite"] = True
                 if self.on_indefinite == "raise":
@@ -193,13 +203,21 @@ class FixedPoint:
         x = tree.zeros_like(b) if x0 is None else x0
         r = dict(b) if x0 is None else tree.sub(b, hvp(x))
         stats["hvp_count"] += 0 if x0 is None else 1
+        stats["warm_started"] = x0 is not None
         res = float(tree.norm(r)) / b_norm
+        if not math.isfinite(res):
+            raise FloatingPointError("NaN/Inf in a Hessian-vector product (FixedPoint, first residual)")
         while stats["iterations"] < self.max_iter and res > self.tol:
             x = tree.add(x, r, alpha)
             r = tree.sub(b, hvp(x))
             stats["hvp_count"] += 1
             stats["iterations"] += 1
             res = float(tree.norm(r)) / b_norm
+            if math.isnan(res):
+                raise FloatingPointError(
+                    f"NaN in a Hessian-vector product (FixedPoint iteration {stats['iterations']}): the "
+                    "inner loss has no finite second derivative at the returned solution"
+                )
             if not math.isfinite(res):
                 raise FloatingPointError(
                     f"FixedPoint diverged (residual {res}) with alpha={alpha}: alpha must be below 2/λ_max(H)"

@@ -86,7 +86,11 @@ class FunctionalModule:
 
     def __call__(self, params: Params, *args: Any, train: bool | None = None, **kwargs: Any) -> Any:
         train_mode = (self.policy == "track") if train is None else bool(train)
-        bufs = {k: b.clone() for k, b in self.buffers.items()}
+        dtype = next((p.dtype for p in params.values() if p.is_floating_point()), None)
+        bufs = {
+            k: (b.to(dtype=dtype, copy=True) if dtype is not None and b.is_floating_point() else b.clone())
+            for k, b in self.buffers.items()
+        }
         self._module.train(train_mode)
         out = functional_call(self._module, (params, bufs), args, kwargs, strict=False)
         if train_mode and self.policy == "track" and _RECORDING.get():

@@ -80,7 +80,9 @@ def minimize(
         )
     inner_stream = DataStream(inner_data, "inner_data")
     outer_stream = DataStream(outer_data, "outer_data")
-    per_step = getattr(solver, "steps", 0) + 1
+    per_step = getattr(solver, "batches_per_call", getattr(solver, "steps", 0) + 1)
+    if hasattr(solver, "reset"):  # a new run: no warm start carried over from an earlier one
+        solver.reset()
     outer = _project(constraint, tree.detach(outer_init))
     state = optimizer.init(outer)
     inner = tree.detach(inner_init)

@@ -49,6 +49,12 @@ class DataStream:
         self._it: Iterator[Any] | None = None
         self._next_step = 0
         self._last: tuple[int, Any] | None = None
+        if isinstance(data, (tuple, Tensor)):
+            raise TypeError(
+                f"{name} is a {type(data).__name__}, which would be read as a sequence of batches (its "
+                f"elements); pass [batch] for one fixed batch, a list of batches, or a callable step -> batch"
+            )
+        self._yielded = 0
         if data is not None and not callable(data):
             try:
                 iter(data)  # type: ignore[arg-type]
@@ -78,10 +84,18 @@ class DataStream:
         if self._it is None:
             self._it = iter(self._data)  # type: ignore[arg-type]
         try:
-            return next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self._it = iter(self._data)  # type: ignore[arg-type]
             try:
-                return next(self._it)
+                batch = next(self._it)
             except StopIteration as exc:
+                if self._yielded:
+                    raise ValueError(
+                        f"{self.name} ran out after {self._yielded} batches and cannot be restarted (a "
+                        "one-shot iterator or generator); pass a list or DataLoader, or a callable "
+                        "step -> batch"
+                    ) from exc
                 raise ValueError(f"{self.name} is an empty iterable: it yields no batch") from exc
+        self._yielded += 1
+        return batch

@@ -10,6 +10,7 @@ it is (a function of) an outer entry (MAML: ``inner_init = {"w": outer["w0"]}``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -33,16 +34,36 @@ from .tree import Params, check_finite
 
 
 class _Replay:
-    """A data stream that can be replayed: checkpointed backward passes revisit earlier steps."""
+    """A data stream that can be replayed: checkpointed backward passes revisit earlier steps.
+
+    Each batch is cached with the RNG state right after it was first fetched; a replayed step restores that
+    state, so a data callable that draws random numbers (mini-batch indices) leaves the loss (dropout) the
+    same random stream as in the forward pass.
+    """
 
     def __init__(self, stream: DataStream) -> None:
         self.stream = stream
-        self.cache: dict[int, Any] = {}
+        self.cache: dict[int, tuple[Any, Any]] = {}
 
     def __call__(self, step: int) -> Any:
         if step not in self.cache:
-            self.cache[step] = self.stream(step)
-        return self.cache[step]
+            batch = self.stream(step)
+            self.cache[step] = (batch, rng_state())
+            return batch
+        batch, state = self.cache[step]
+        torch.set_rng_state(state[0])
+        if state[1]:
+            torch.cuda.set_rng_state_all(state[1])
+        return batch
+
+
+def _rebind(value: Any, id2lam: dict[int, Tensor]) -> Any:
+    """``value`` with every tensor that is one of the caller's outer tensors replaced by its graph copy."""
+    if isinstance(value, Tensor):
+        return id2lam.get(id(value), value)
+    if isinstance(value, tuple):
+        return tuple(_rebind(v, id2lam) for v in value)
+    return value
 
 
 class Unrolled:
@@ -70,9 +91,10 @@ class Unrolled:
         checkpoint: bool = False,
         segment: int | None = None,
     ) -> None:
-        if not (hasattr(optimizer, "init") and hasattr(optimizer, "step")):
+        if not ((hasattr(optimizer, "init") and hasattr(optimizer, "step")) or callable(optimizer)):
             raise TypeError(
-                "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1)"
+                "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1), "
+                "or a factory outer -> optimizer, e.g. lambda outer: optim.SGD(lr=outer['lr'])"
             )
         self.optimizer = optimizer
         self.steps = positive_int(steps, "steps")
@@ -83,6 +105,32 @@ class Unrolled:
         if segment is not None:
             positive_int(segment, "segment")
         self.segment = segment
+
+    @property
+    def batches_per_call(self) -> int:
+        """Inner batches one `hypergrad` call consumes (steps 0 .. T of ``inner_data``)."""
+        return self.steps + 1
+
+    def _optimizer_for(self, lam: Params, id2lam: dict[int, Tensor]) -> Any:
+        """The inner optimizer of this call, its hyper-parameters on the graph of ``lam`` where they are
+        outer entries: a factory is called with ``lam``; an optimizer whose hyper-parameter *is* one of the
+        caller's outer tensors gets the graph copy of that tensor."""
+        opt = self.optimizer
+        if not (hasattr(opt, "init") and hasattr(opt, "step")):
+            opt = opt(lam)
+            if not (hasattr(opt, "init") and hasattr(opt, "step")):
+                raise TypeError("the optimizer factory must return a bilevel.optim optimizer")
+            return opt
+        if dataclasses.is_dataclass(opt):
+            changes = {}
+            for f in dataclasses.fields(opt):
+                value = getattr(opt, f.name)
+                new = _rebind(value, id2lam)
+                if new is not value:
+                    changes[f.name] = new
+            if changes:
+                opt = dataclasses.replace(opt, **changes)
+        return opt
 
     def __repr__(self) -> str:
         return (
@@ -108,26 +156,26 @@ class Unrolled:
             k: (v if v.is_leaf and v.requires_grad else v.detach().requires_grad_(True))
             for k, v in outer.items()
         }
-        outer_ids = {id(v) for v in lam.values()} | {id(v) for v in outer.values()}
+        # The caller's outer tensors may also be the initialisation (MAML) or an optimizer hyper-parameter
+        # (a learned learning rate): those uses must see the graph copies in `lam`.
+        id2lam = {id(outer[k]): lam[k] for k in outer}
         theta0 = {
-            k: (v if (v.grad_fn is not None or id(v) in outer_ids) else v.detach())
-            for k, v in inner_init.items()
+            k: id2lam.get(id(v), v if v.grad_fn is not None else v.detach()) for k, v in inner_init.items()
         }
+        opt = self._optimizer_for(lam, id2lam)
 
         theta, state = (theta0, None)
         if K < T:  # the first T − K steps are not differentiated
-            theta, state = run_inner(
-                problem, self.optimizer, tree.detach(theta0), lam, stream, start=0, stop=T - K
-            )
+            theta, state = run_inner(problem, opt, tree.detach(theta0), lam, stream, start=0, stop=T - K)
         if self.checkpoint:
             grad, theta_T, f_value, n_ckpt = self._checkpointed(
-                problem, theta, state, lam, _Replay(stream), T - K, T, outer_batch, propagate_init=K == T
+                problem, opt, theta, state, lam, _Replay(stream), T - K, T, outer_batch, propagate_init=K == T
             )
         else:
             with torch.enable_grad():
                 theta_T, _ = run_inner(
                     problem,
-                    self.optimizer,
+                    opt,
                     theta,
                     lam,
                     stream,
@@ -137,12 +185,16 @@ class Unrolled:
                     create_graph=True,
                 )
                 f = check_scalar(problem.outer_loss(theta_T, lam, outer_batch), "outer_loss")
-                got = torch.autograd.grad(f, list(lam.values()), allow_unused=True)
+                if f.requires_grad:
+                    got = torch.autograd.grad(f, list(lam.values()), allow_unused=True)
+                else:  # f depends on neither θ nor λ
+                    got = (None,) * len(lam)
             grad = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(lam.items(), got)}
             f_value, n_ckpt = f.detach(), None
         check_finite(f_value, "outer_loss after the unrolled inner loop")
         check_finite(grad, "the unrolled hypergradient")
         theta_T = tree.detach(theta_T)
+        check_finite(theta_T, f"the inner iterate after {T} steps")
         g_T, g_value = inner_grad(problem, theta_T, lam, stream(T))
         info = {
             "seconds": time.perf_counter() - start,
@@ -160,6 +212,7 @@ class Unrolled:
     def _checkpointed(
         self,
         problem: BilevelProblem,
+        opt: Any,
         theta: Params,
         state: Any,
         lam: Params,
@@ -171,7 +224,6 @@ class Unrolled:
     ) -> tuple[Params, Params, Tensor, int]:
         seg = self.segment or max(1, math.ceil(math.sqrt(last - first)))
         bounds = list(range(first, last, seg)) + [last]
-        opt = self.optimizer
         lam_d = tree.detach(lam)
         theta_in = theta
         if state is None:
@@ -185,7 +237,8 @@ class Unrolled:
         th_T = {k: v.detach().requires_grad_(True) for k, v in theta_T.items()}
         with torch.enable_grad():
             f = check_scalar(problem.outer_loss(th_T, lam, outer_batch), "outer_loss")
-            got = torch.autograd.grad(f, [*th_T.values(), *lam.values()], allow_unused=True)
+            wrt = [*th_T.values(), *lam.values()]
+            got = torch.autograd.grad(f, wrt, allow_unused=True) if f.requires_grad else (None,) * len(wrt)
         adj_theta = [torch.zeros_like(v) if g is None else g for v, g in zip(th_T.values(), got[: len(th_T)])]
         grad = [torch.zeros_like(v) if g is None else g for v, g in zip(lam.values(), got[len(th_T) :])]
         adj_state: list[Tensor] | None = None
