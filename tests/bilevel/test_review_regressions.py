@@ -57,7 +57,13 @@ def test_minimize_learns_a_learning_rate_through_an_optimizer_factory():
     outer0 = {"lr": torch.tensor(0.05, dtype=torch.float64)}
     solver = Unrolled(lambda outer: optim.SGD(lr=outer["lr"]), 10)
     res = minimize(
-        problem, solver, outer0, optim.SGD(lr=1e-4), 5, inner_init={"w": torch.zeros(2, dtype=torch.float64)}
+        problem,
+        solver,
+        outer0,
+        optim.SGD(lr=1e-4),
+        5,
+        inner_init={"w": torch.zeros(2, dtype=torch.float64)},
+        warm_start_inner=False,  # every step unrolls T steps from the same w0: F(lr) is a fixed function
     )
     assert all(h["grad_norm"] > 0 for h in res.history)
     # f = ½‖w_T‖² grows as w_T moves towards a, so the learned learning rate shrinks and f with it
