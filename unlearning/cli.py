@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except FloatingPointError as err:  # a diverging method or training: the fix is a smaller step
+        if os.environ.get("WORSTFORGET_DEBUG"):
+            raise
+        message = " ".join(str(err).split())
+        hint = "lower the learning rate (--lr / --hp) or the method's strength"
+        print(f"error: {message}: {hint}", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, FileNotFoundError) as err:
         if os.environ.get("WORSTFORGET_DEBUG"):
             raise

@@ -131,10 +131,15 @@ class MaskHook:
     are
     restored after the step and their momentum is zeroed, so they never change."""
 
-    def __init__(self, mask: dict[str, Tensor], freeze: str = "hard") -> None:
+    def __init__(self, mask: dict[str, Tensor], freeze: str = "hard", model: nn.Module | None = None) -> None:
         self.mask = mask
         self.freeze = freeze
         self._saved: dict[str, Tensor] = {}
+        # The values the masked-out entries must keep: those of ``model`` when the hook is made (θ_o), so a
+        # method that changes weights outside the optimizer (EU-k's re-initialisation) cannot move them.
+        self._anchor: dict[str, Tensor] = {}
+        if model is not None and freeze == "hard":
+            self._anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in mask}
 
     def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._saved = {}
@@ -145,7 +150,8 @@ class MaskHook:
             if p.grad is not None:
                 p.grad.mul_(m.to(p.grad.dtype))
             if self.freeze == "hard":
-                self._saved[name] = p.detach().clone()
+                anchor = self._anchor.get(name)
+                self._saved[name] = anchor if anchor is not None else p.detach().clone()
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.freeze != "hard":
@@ -207,7 +213,7 @@ class Masked(Method):
         mask = self.resolve(model, task)
         if run.mask is not None:
             mask = {n: mask.get(n, True) & run.mask.get(n, True) for n in {*mask, *run.mask}}
-        inner = Run(hooks=(*run.hooks, MaskHook(mask, self.freeze)), mask=mask)
+        inner = Run(hooks=(*run.hooks, MaskHook(mask, self.freeze, model)), mask=mask)
         out, info = self.method._unlearn(model, task, inner)
         return out, {**info, "mask_fraction": mask_fraction(mask), "freeze": self.freeze}
 

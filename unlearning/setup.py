@@ -85,11 +85,9 @@ class Prepared:
 
         Returns ``(model, seconds)``; seconds is the training time (measured when it was trained; cached)."""
         retain = self.task.retain
-        config = {
-            **self._config,
-            "forget": self.forget,
-            "forget_index": cache.fingerprint(self.task.forget_index),
-        }
+        # The forget set enters the key by content only: random:0.1, random:0.10 and an indices file naming
+        # the same examples are one Retrain model.
+        config = {**self._config, "forget_index": cache.fingerprint(self.task.forget_index)}
         trained = training.train_original(
             self.build_model,
             retain,

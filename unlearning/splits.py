@@ -116,13 +116,52 @@ def forget_indices(spec: str, pool: ArrayData, seed: int) -> Tensor:
         if idx.numel() == n:
             raise ValueError(f"forget class {k} is the whole pool: nothing would be retained")
         return idx
-    return check_indices(load_indices(value), n, source=value)
+    index = load_indices(value)
+    config = indices_metadata(value).get("config") or {}
+    made_for = config.get("split_seed")
+    if made_for is not None and int(made_for) != int(seed):
+        raise ValueError(
+            f"forget indices file {value} holds positions in the pool of split seed {made_for}, not {seed}: "
+            f"pass --seed {made_for} (positions mean different examples under another split)"
+        )
+    size = config.get("pool_size")
+    if size is not None and int(size) != n:
+        raise ValueError(
+            f"forget indices file {value} was made for a pool of {size} examples, this one has {n}"
+        )
+    return check_indices(index, n, source=value)
+
+
+def indices_metadata(path: str | os.PathLike) -> dict:
+    """The other keys of a JSON object indices file (e.g. a worst-case search result: ``config``,
+    ``classes``); empty for other files."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def forget_class_of(spec: str) -> int | None:
-    """The class K of a ``class:K`` spec, else None."""
+    """The class K of a ``class:K`` spec, or of an indices file holding a class-wise search result of one
+    class (its ``classes`` key); else None."""
     kind, value = parse_spec(spec)
-    return _parse_class(value) if kind == "class" else None
+    if kind == "class":
+        return _parse_class(value)
+    if kind == "indices":
+        classes = indices_metadata(value).get("classes")
+        if classes:
+            if len(classes) > 1:
+                raise ValueError(
+                    f"forget indices file {value} holds the whole classes {classes}; class-wise tasks "
+                    "drop one class from the test set: search with a budget of one class, or forget one "
+                    "class:K at a time"
+                )
+            return int(classes[0])
+    return None
 
 
 def _parse_class(value: str) -> int:

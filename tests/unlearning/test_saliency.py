@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tests.unlearning.test_methods_helpers import tiny_model, tiny_task
 from unlearning.methods import FT, GA, IU, Retrain, SalUn
+from unlearning.methods.last_layers import CFk, EUk
 from unlearning.saliency import Masked, gradient_saliency, mask_fraction, saliency_mask, top_fraction
 
 
@@ -94,6 +95,17 @@ def test_masked_wraps_any_gradient_method_and_iu():
             old = dict(model.named_parameters())[name]
             assert torch.equal(p[~mask[name]], old[~mask[name]])
             assert not torch.equal(p[mask[name]], old[mask[name]])
+
+
+def test_masked_last_layer_methods_keep_masked_weights_even_through_reinitialisation():
+    """EU-k re-initialises its layers outside the optimizer: frozen entries still keep θ_o exactly."""
+    model, task = tiny_model(), tiny_task()
+    mask = saliency_mask(model, task.forget, sparsity=0.5)
+    for method in (EUk(epochs=2), CFk(epochs=2)):
+        out = Masked(method=method, mask=lambda m, t: mask).unlearn(model, task).model
+        for name, p in out.named_parameters():
+            old = dict(model.named_parameters())[name]
+            assert torch.equal(p[~mask[name]], old[~mask[name]]), (method.name, name)
 
 
 def test_masked_rejects_bad_masks_and_methods():

@@ -102,3 +102,46 @@ def test_note_when_the_search_ends_above_its_start():
 
     assert _note({"objective": {"initial": 2.0, "final": 1.0}}) is None
     assert "--upper-lr" in _note({"objective": {"initial": 1.0, "final": 2.0}})
+
+
+def test_search_results_carry_their_split_and_class_into_unlearn(tmp_path, capsys):
+    """A class-wise result read by ``--forget indices:FILE`` is a class-wise task (the test set drops the
+    class), and a result is refused under another split seed (its positions mean other examples)."""
+    from unlearning.cli import main
+    from unlearning.splits import forget_class_of
+
+    out = tmp_path / "cw"
+    argv = [
+        "search",
+        "--classwise",
+        "--budget",
+        "1",
+        "--upper-steps",
+        "2",
+        "--inner-steps",
+        "2",
+        "--no-compare",
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = out / "worst_case.json"
+    chosen = json.loads(result.read_text())["classes"]
+    assert forget_class_of(f"indices:{result}") == chosen[0]
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "unlearn",
+                "--method",
+                "ft",
+                "--seed",
+                "1",
+                "--forget",
+                f"indices:{result}",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--forget" in err and "split seed 0" in err

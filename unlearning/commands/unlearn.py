@@ -116,6 +116,22 @@ def method_hparams(args: argparse.Namespace, recipe=None) -> tuple[str, dict[str
     return name, hp
 
 
+def _make_method(args: argparse.Namespace, hp: dict[str, Any]):
+    """``make(method, **hp)``; a bad value is reported against the flag it came from."""
+    from unlearning.methods import make
+
+    try:
+        return make(args.method.lower(), **hp)
+    except ValueError as err:
+        text = str(err)
+        flag = "--hp"
+        if args.lr is not None and "hyper-parameter lr " in text:
+            flag = "--lr"
+        elif args.epochs is not None and "hyper-parameter epochs " in text:
+            flag = "--epochs"
+        raise CLIError(f"argument {flag}: {err}") from None
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any training, on inputs that can be checked cheaply."""
     from unlearning import datasets, models, setup, splits
@@ -176,17 +192,20 @@ def run(args: argparse.Namespace) -> int:
         return list_methods()
     from unlearning import metrics
     from unlearning.io import write_json, write_text
-    from unlearning.methods import make
     from unlearning.setup import prepare
     from unlearning.training import default_recipe
 
     check_inputs(args)
-    method_hparams(args)  # validate names before training anything
+    try:
+        recipe = default_recipe(args.dataset.lower(), args.model.lower()).replace(
+            epochs=args.train_epochs, lr=args.train_lr
+        )
+    except ValueError as err:
+        raise CLIError(f"argument --train-epochs/--train-lr: {err}") from None
+    _, early = method_hparams(args, recipe)
+    _make_method(args, early)  # validate names and values before training anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = default_recipe(args.dataset.lower(), args.model.lower()).replace(
-        epochs=args.train_epochs, lr=args.train_lr
-    )
     try:
         prepared = prepare(
             args.dataset.lower(),
@@ -210,10 +229,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
     name, hp = method_hparams(args, prepared.recipe)
-    try:
-        method = make(name, **hp)
-    except ValueError as err:
-        raise CLIError(f"argument --hp: {err}") from None
+    method = _make_method(args, hp)
     task = prepared.task
 
     torch.manual_seed(args.seed)
