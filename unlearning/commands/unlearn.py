@@ -105,7 +105,8 @@ def method_hparams(args: argparse.Namespace, recipe=None) -> tuple[str, dict[str
             raw[key] = str(value)
     hp: dict[str, Any] = {}
     if name == "retrain" and recipe is not None:
-        # the Retrain *method* defaults to the reference Retrain's recipe, so the two agree
+        # the Retrain *method* trains with the reference Retrain's recipe; it starts from its own seeded fresh
+        # initialisation (the reference reuses the original model's), so the two differ by that draw only
         hp.update({k: v for k, v in recipe.to_dict().items() if k in known})
     for key, text in raw.items():
         if key not in known:
