@@ -60,6 +60,7 @@ def test_retrain_forgets_the_worst_case_set_less(report):
         (["--search-method", "zzz"], "--search-method"),
         (["--hp", "rl.nope=1", "--methods", "rl"], "--hp"),
         (["--hp", "ga.lr=1", "--methods", "rl"], "--hp"),
+        (["--hp", "rl.lr=-1", "--methods", "rl"], "--hp"),
         (["--device", "cuda:7"], "--device"),
     ],
 )

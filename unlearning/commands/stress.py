@@ -94,6 +94,13 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
         out.setdefault(name, {})[field] = coerce(
             value.strip(), spec[field]["default"], f"argument --hp {key}"
         )
+    from unlearning.methods import make
+
+    for name, hp in out.items():
+        try:
+            make(name, **hp)
+        except ValueError as err:
+            raise CLIError(f"argument --hp: {err}") from None
     return out
 
 
