@@ -364,6 +364,7 @@ def search(
     binarize_every: int | None = 20,
     classwise: bool = False,
     reverse: bool = False,
+    keep_best: bool = True,
     batch_size: int | None = None,
     augment: bool = False,
     hparams: dict[str, Any] | None = None,
@@ -385,7 +386,10 @@ def search(
     ``"implicit"`` (SGD lower level; ``damping`` δ and ``cg_iters`` for CG). ``inner_steps`` K and
     ``inner_lr`` (default 1e-2 for signSGD, the method's ``lr`` or 0.05 for SGD); ``upper_steps`` and
     ``upper_lr`` (default 30, class-wise 1) of projected gradient descent on w; ``gamma`` γ;
-    ``binarize_every`` (None: never).
+    ``binarize_every`` (None: never). ``keep_best``: return the binary set with the lowest F among those
+    evaluated (the random start, each binarisation, the last top-m), so the result is never worse than the
+    start; ``objective["last"]`` is F at the last top-m either way. (The first-order rule ignores how the
+    lower level reacts to the selection: for RL, which relabels the selected points, F can rise.)
     ``batch_size``: inner mini-batches of the pool (seeded, ``augment``: with the task's augmentation);
     None = full batch. ``seed``: the random start set and the batch order (same seed → same set on CPU).
     ``device``: default, the model's. ``progress``: None (a bar unless ``WORSTFORGET_PROGRESS=0``), False,
@@ -488,6 +492,7 @@ def search(
 
     history: list[dict[str, Any]] = []
     tops: list[Tensor] = []
+    binary_points: list[tuple[int, Tensor]] = [(0, w.clone())]  # (history index evaluating F there, w)
     state = {"w": w, "top": top_k(w, m).bool(), "t": time.perf_counter()}
     update, close = _progress_fn(progress, upper_steps, f"worst-case search ({meth.name}, {hypergrad})")
 
@@ -549,8 +554,16 @@ def search(
                     w = top_k(w, m)  # periodic hard binarisation: w ← top-m(w)
                     history[-1]["binarized"] = True
                     state["w"] = w
+                    binary_points.append((len(history), w.clone()))  # the next step evaluates F here
             final = top_k(w, m)
             objective_final = _objective_at(problem, solver, theta0, final, batches)
+            objective_last = objective_final
+            if keep_best:  # the best binary set met: the start, each binarisation, the end
+                candidates = [(objective_final, final)]
+                candidates += [(history[i]["objective"], wb) for i, wb in binary_points if i < len(history)]
+                best_value, best = min(candidates, key=lambda c: c[0])
+                if best_value < objective_final:
+                    final, objective_final = best, best_value
     finally:
         close()
 
@@ -583,6 +596,7 @@ def search(
         "binarize_every": binarize_every,
         "classwise": bool(classwise),
         "reverse": bool(reverse),
+        "keep_best": bool(keep_best),
         "batch_size": batch_size,
         "augment": bool(augment),
         "damping": float(damping) if hypergrad == "implicit" else None,
@@ -596,7 +610,7 @@ def search(
         history=history,
         config=config,
         initial_indices=start.cpu().sort().values,
-        objective={"initial": history[0]["objective"], "final": objective_final},
+        objective={"initial": history[0]["objective"], "final": objective_final, "last": objective_last},
         classes=chosen_classes,
         seconds=time.perf_counter() - started,
     )

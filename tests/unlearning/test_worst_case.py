@@ -307,3 +307,23 @@ def test_save_round_trip_and_load_indices(tmp_path, worst):
     torch.testing.assert_close(back.weights, worst.weights.double())
     assert back.objective == pytest.approx(worst.objective)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary file left
+
+
+def test_keep_best_never_returns_a_set_worse_than_the_start(digits_random):
+    """RL relabels the selected points, so the first-order rule (blind to that reaction) lets F rise: the
+    search then keeps the best binary set it evaluated, and reports F at the last one too."""
+    best = search(digits_random, "rl", budget=0.1, upper_steps=10, inner_steps=10, seed=0, progress=False)
+    last = search(
+        digits_random,
+        "rl",
+        budget=0.1,
+        upper_steps=10,
+        inner_steps=10,
+        seed=0,
+        progress=False,
+        keep_best=False,
+    )
+    assert best.objective["final"] <= best.objective["initial"]
+    assert best.objective["last"] == pytest.approx(last.objective["final"])
+    assert last.objective["final"] > last.objective["initial"]  # the failure keep_best guards against
+    assert best.config["keep_best"] and not last.config["keep_best"]
