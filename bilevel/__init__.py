@@ -1,18 +1,19 @@
 """bilevel: hypergradients for min_λ f(θ*(λ), λ) s.t. θ*(λ) = argmin_θ g(θ, λ), on torch.func.
 
 Solvers (one object each, one method ``hypergrad(problem, inner_init, outer, inner_data, outer_data)``):
-`Unrolled` (reverse mode through the inner trajectory; truncated; checkpointed), `Implicit` (implicit function
-theorem with linear solvers `CG`, `Neumann`, `FixedPoint`, `Direct`) and `FirstOrder` (partial, DARTS-style
-identity, F2SA penalty). `minimize` runs the projected outer loop (`Box`, `CappedSimplex`, `top_k`);
-`check_hypergrad` verifies a solver on your problem; `problems` holds reference problems with closed forms;
-`optim` holds differentiable functional optimizers; `FunctionalModule` makes an ``nn.Module`` a pure function
-with an explicit BatchNorm-buffer policy.
+`Unrolled` (reverse mode through the inner trajectory; truncated; checkpointed), `Forward` (forward-mode
+unrolling, for few outer entries), `Implicit` (implicit function theorem with linear solvers `CG`, `Neumann`,
+`FixedPoint`, `Direct`) and `FirstOrder` (partial, DARTS-style identity, F2SA penalty). `minimize` runs the
+projected outer loop (`Box`, `CappedSimplex`, `top_k`); `check_hypergrad` verifies a solver on your problem;
+`problems` holds reference problems with closed forms; `optim` holds differentiable functional optimizers;
+`FunctionalModule` makes an ``nn.Module`` a pure function with an explicit BatchNorm-buffer policy.
 """
 
 from . import optim, problems
 from .check import HypergradCheck, check_hypergrad
 from .constraints import Box, CappedSimplex, top_k
 from .first_order import FirstOrder
+from .forward import Forward
 from .hypergrad import Hypergrad
 from .implicit import Implicit
 from .inner import solve_inner
@@ -27,6 +28,7 @@ __all__ = [
     "Unrolled",
     "Implicit",
     "FirstOrder",
+    "Forward",
     "CG",
     "Neumann",
     "FixedPoint",

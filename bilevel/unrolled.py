@@ -66,6 +66,26 @@ def _rebind(value: Any, id2lam: dict[int, Tensor]) -> Any:
     return value
 
 
+def optimizer_for(optimizer: Any, lam: Params, id2lam: dict[int, Tensor]) -> Any:
+    """The inner optimizer of one call, its hyper-parameters on ``lam`` where they are outer entries: a
+    factory is called with ``lam``; a (dataclass) optimizer whose hyper-parameter *is* one of the caller's
+    outer tensors (``id2lam`` maps their ids) gets ``lam``'s version of that tensor."""
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "step")):
+        built = optimizer(lam)
+        if not (hasattr(built, "init") and hasattr(built, "step")):
+            raise TypeError("the optimizer factory must return a bilevel.optim optimizer")
+        return built
+    if not dataclasses.is_dataclass(optimizer):
+        return optimizer
+    changes = {}
+    for f in dataclasses.fields(optimizer):
+        value = getattr(optimizer, f.name)
+        new = _rebind(value, id2lam)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(optimizer, **changes) if changes else optimizer
+
+
 class Unrolled:
     """Unrolled (iterative) differentiation.
 
@@ -111,27 +131,6 @@ class Unrolled:
         """Inner batches one `hypergrad` call consumes (steps 0 .. T of ``inner_data``)."""
         return self.steps + 1
 
-    def _optimizer_for(self, lam: Params, id2lam: dict[int, Tensor]) -> Any:
-        """The inner optimizer of this call, its hyper-parameters on the graph of ``lam`` where they are
-        outer entries: a factory is called with ``lam``; an optimizer whose hyper-parameter *is* one of the
-        caller's outer tensors gets the graph copy of that tensor."""
-        opt = self.optimizer
-        if not (hasattr(opt, "init") and hasattr(opt, "step")):
-            opt = opt(lam)
-            if not (hasattr(opt, "init") and hasattr(opt, "step")):
-                raise TypeError("the optimizer factory must return a bilevel.optim optimizer")
-            return opt
-        if dataclasses.is_dataclass(opt):
-            changes = {}
-            for f in dataclasses.fields(opt):
-                value = getattr(opt, f.name)
-                new = _rebind(value, id2lam)
-                if new is not value:
-                    changes[f.name] = new
-            if changes:
-                opt = dataclasses.replace(opt, **changes)
-        return opt
-
     def __repr__(self) -> str:
         return (
             f"Unrolled(optimizer={self.optimizer!r}, steps={self.steps}, truncate={self.truncate}, "
@@ -162,7 +161,7 @@ class Unrolled:
         theta0 = {
             k: id2lam.get(id(v), v if v.grad_fn is not None else v.detach()) for k, v in inner_init.items()
         }
-        opt = self._optimizer_for(lam, id2lam)
+        opt = optimizer_for(self.optimizer, lam, id2lam)
 
         theta, state = (theta0, None)
         if K < T:  # the first T − K steps are not differentiated
