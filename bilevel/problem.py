@@ -64,6 +64,11 @@ class DataStream:
                     f"got {type(data).__name__}"
                 ) from exc
 
+    @property
+    def random_access(self) -> bool:
+        """True when any step can be requested again (None or a callable), so nothing needs caching."""
+        return self._data is None or (callable(self._data) and not hasattr(self._data, "__iter__"))
+
     def __call__(self, step: int) -> Any:
         data = self._data
         if data is None:

@@ -36,9 +36,10 @@ from .tree import Params, check_finite
 class _Replay:
     """A data stream that can be replayed: checkpointed backward passes revisit earlier steps.
 
-    Each batch is cached with the RNG state right after it was first fetched; a replayed step restores that
-    state, so a data callable that draws random numbers (mini-batch indices) leaves the loss (dropout) the
-    same random stream as in the forward pass.
+    A replayed step sees the same batch and leaves the loss (dropout) the same random stream as in the
+    forward pass. A callable (random access) is called again with the RNG state it had before its first call
+    (so random mini-batch indices repeat; only that state is kept per step); an iterable's batches are
+    cached, O(T) of them, because an iterator cannot go back.
     """
 
     def __init__(self, stream: DataStream) -> None:
@@ -47,14 +48,23 @@ class _Replay:
 
     def __call__(self, step: int) -> Any:
         if step not in self.cache:
+            before = rng_state()
             batch = self.stream(step)
-            self.cache[step] = (batch, rng_state())
+            self.cache[step] = (before, None) if self.stream.random_access else (None, (batch, rng_state()))
             return batch
-        batch, state = self.cache[step]
-        torch.set_rng_state(state[0])
-        if state[1]:
-            torch.cuda.set_rng_state_all(state[1])
+        before, kept = self.cache[step]
+        if kept is None:  # call the data function again from the same random state
+            _set_rng(before)
+            return self.stream(step)
+        batch, after = kept
+        _set_rng(after)
         return batch
+
+
+def _set_rng(state: Any) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def _rebind(value: Any, id2lam: dict[int, Tensor]) -> Any:
@@ -98,7 +108,7 @@ class Unrolled:
     checkpoint: store only every s-th iterate (s = ⌈√K⌉ by default, or ``segment``) and recompute each
         segment during the backward pass: memory O(√K) iterates instead of O(K) graphs, one extra forward
         pass of compute, and the same gradient as the full unroll. Losses that draw random numbers are
-        replayed with the same RNG state; data iterables are cached for the replay.
+        replayed with the same RNG state; data callables are called again, iterables' batches are cached.
 
     Cost: T inner gradients with graph + a backward pass ≈ K HVPs. Memory: O(K · graph of one step).
     """

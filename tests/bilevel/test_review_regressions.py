@@ -71,13 +71,20 @@ def test_minimize_learns_a_learning_rate_through_an_optimizer_factory():
     assert res.history[-1]["outer_loss"] < res.history[0]["outer_loss"]
 
 
-def test_checkpointed_replay_uses_the_forward_random_numbers():
+@pytest.mark.parametrize("kind", ["callable", "iterable"])
+def test_checkpointed_replay_uses_the_forward_random_numbers(kind):
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(64, 5, generator=g, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
 
-    def data(step):
+    def draw(step):
         idx = torch.randint(0, 64, (16,))  # draws from the global RNG
         return X[idx], y[idx]
+
+    if kind == "callable":
+        data = draw
+    else:
+        torch.manual_seed(2)
+        data = [draw(t) for t in range(17)]
 
     def inner(i, o, b):
         xb, yb = b
