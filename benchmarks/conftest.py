@@ -23,13 +23,19 @@ from .race import race
 from .workloads import (
     DEVICE_ENV,
     IMPLICIT,
+    LEARNED_LR,
+    LR_STEPS,
+    LR_TOLERANCE,
     REFERENCE_IMPLICIT,
+    REFERENCE_LEARNED_LR,
     REFERENCE_UNROLLED,
     UNROLLED,
     UNROLLED_FLOORS,
     agreement_tolerance,
     bench_device,
+    cpu_allocator_peak,
     cpu_model,
+    make_learned_lr,
     make_reweighting,
     measure_memory,
     relative_error,
@@ -38,6 +44,10 @@ from .workloads import (
 THREADS_ENV = "WORSTFORGET_BENCH_THREADS"
 UNROLLED_GROUP = "unrolled: data re-weighting, digits, MLP 64-128-10, 1,200 weights, T=20 SGD steps"
 IMPLICIT_GROUP = "implicit: same problem, inner solved once (steps=0), 20 CG iterations on (H + 0.05 I)"
+LEARNED_LR_GROUP = (
+    f"learned learning rate: same data and MLP, one outer entry (the inner SGD lr), unweighted CE, "
+    f"T={LR_STEPS} SGD steps"
+)
 OURS_UNROLLED = "ours Unrolled"
 OURS_IMPLICIT = "ours Implicit CG20 reverse-HVP"
 FORWARD_FLOOR = "forward inner loop (no graph)"
@@ -179,4 +189,36 @@ def implicit_setup(device: torch.device, pytestconfig: pytest.Config) -> GroupSe
     result = race(fns, pytestconfig.getoption("--race-rounds"), device)
     for name in IMPLICIT:
         setup.info[name].update(result.summary(name, OURS_IMPLICIT))
+    return setup
+
+
+@pytest.fixture(scope="session")
+def learned_lr_setup(device: torch.device, pytestconfig: pytest.Config) -> GroupSetup:
+    w32 = make_learned_lr(device=device, dtype=torch.float32)
+    w64 = make_learned_lr(device=device, dtype=torch.float64)
+    fns = {name: make(w32) for name, make in LEARNED_LR.items()}
+    setup = GroupSetup(LEARNED_LR_GROUP, fns)
+    ref32, ref64 = fns[REFERENCE_LEARNED_LR](), LEARNED_LR[REFERENCE_LEARNED_LR](w64)()
+    for name, make in LEARNED_LR.items():
+        d32 = relative_error(fns[name](), ref32)
+        d64 = relative_error(make(w64)(), ref64)
+        info: dict[str, Any] = {
+            "contestant": name,
+            "role": _role(name, {}),
+            "agree_reference": REFERENCE_LEARNED_LR,
+            "agree_rel_diff_float32": d32,
+            "agree_rel_diff_float64": d64,
+            "agree_asserted": True,
+            "agree_tolerance_float32": LR_TOLERANCE[torch.float32],
+            "agree_tolerance_float64": LR_TOLERANCE[torch.float64],
+        }
+        if not (d32 <= LR_TOLERANCE[torch.float32] and d64 <= LR_TOLERANCE[torch.float64]):
+            setup.failures[name] = f"differs from {REFERENCE_LEARNED_LR}: {d32:.2e} (f32), {d64:.2e} (f64)"
+        info.update(measure_memory(fns[name], device))
+        if device.type == "cpu":  # the allocator's own peak: also sees inside torch.func (Forward)
+            info.update(cpu_allocator_peak(fns[name]))
+        setup.info[name] = info
+    result = race(fns, pytestconfig.getoption("--race-rounds"), device)
+    for name in LEARNED_LR:
+        setup.info[name].update(result.summary(name, OURS_UNROLLED))
     return setup

@@ -33,7 +33,7 @@ def load(path: str | Path) -> dict[str, Any]:
     return data
 
 
-GROUP_ORDER = ("unrolled", "implicit")  # workload 1, then 2; any other group after them
+GROUP_ORDER = ("unrolled", "implicit", "learned")  # workloads 1, 2, 3; any other group after them
 
 
 def groups(data: dict[str, Any]) -> OrderedDict[str, list[dict[str, Any]]]:
@@ -134,6 +134,13 @@ def timing_table(benches: list[dict[str, Any]]) -> list[str]:
             f"Agreement reference: `{', '.join(sorted(refs))}`; ✔ = asserted before timing (float32 / "
             "float64 relative difference of the hypergradient, ‖a − b‖ / ‖b‖).",
         ]
+        infos = [b.get("extra_info", {}) for b in benches]
+        tol = next((e for e in infos if "agree_tolerance_float32" in e), None)
+        if tol:
+            out[-1] += (
+                f" Asserted tolerance: {sci(tol['agree_tolerance_float32'])} (float32) / "
+                f"{sci(tol['agree_tolerance_float64'])} (float64)."
+            )
     return out
 
 
@@ -147,19 +154,31 @@ def memory_table(benches: list[dict[str, Any]]) -> list[str]:
         return []
     ref = reference_of(benches)
     ref_peak = next((b["extra_info"].get("peak_saved_bytes") for b in rows if name_of(b) == ref), None)
-    out = [
-        "| contestant | peak saved MB | ÷ ours full | all saves MB | CUDA peak MB |",
-        "|---|--:|--:|--:|--:|",
-    ]
+    # The CPU allocator's peak (profiler memory events) is recorded for workloads that need it only.
+    alloc = any({"cpu_alloc_peak_bytes", "cpu_alloc_note"} & set(b["extra_info"]) for b in rows)
+    ref_alloc = next((b["extra_info"].get("cpu_alloc_peak_bytes") for b in rows if name_of(b) == ref), None)
+    head = "| contestant | peak saved MB | ÷ ours full | all saves MB | CUDA peak MB |"
+    rule = "|---|--:|--:|--:|--:|"
+    if alloc:
+        head += " CPU allocator peak MB | ÷ ours full |"
+        rule += "--:|--:|"
+    out = [head, rule]
     for b in rows:
         e = b["extra_info"]
-        if "peak_saved_bytes" not in e:
-            out.append(f"| {name_of(b)} | {e['memory_note']} | | | |")
-            continue
-        peak = e["peak_saved_bytes"]
-        rel = f"{peak / ref_peak:.2f}" if ref_peak else "—"
         cuda = f"{e['cuda_peak_bytes'] / MB:.1f}" if "cuda_peak_bytes" in e else "—"
-        out.append(f"| {name_of(b)} | {peak / MB:.2f} | {rel} | {e['total_saved_bytes'] / MB:.2f} | {cuda} |")
+        if "peak_saved_bytes" not in e:
+            line = f"| {name_of(b)} | {e['memory_note']} | | | {cuda} |"
+        else:
+            peak = e["peak_saved_bytes"]
+            rel = f"{peak / ref_peak:.2f}" if ref_peak else "—"
+            line = f"| {name_of(b)} | {peak / MB:.2f} | {rel} | {e['total_saved_bytes'] / MB:.2f} | {cuda} |"
+        if alloc:
+            a = e.get("cpu_alloc_peak_bytes")
+            if a is None:
+                line += f" {e.get('cpu_alloc_note', '—')} | |"
+            else:
+                line += f" {a / MB:.2f} | {f'{a / ref_alloc:.2f}' if ref_alloc else '—'} |"
+        out.append(line)
     return out
 
 
@@ -174,6 +193,13 @@ def _peak(benches: list[dict[str, Any]], name: str) -> float | None:
     for b in benches:
         if name_of(b) == name:
             return b.get("extra_info", {}).get("peak_saved_bytes")
+    return None
+
+
+def _alloc(benches: list[dict[str, Any]], name: str) -> float | None:
+    for b in benches:
+        if name_of(b) == name:
+            return b.get("extra_info", {}).get("cpu_alloc_peak_bytes")
     return None
 
 
@@ -210,6 +236,13 @@ def highlights(all_groups: OrderedDict[str, list[dict[str, Any]]]) -> list[str]:
                 f"- {label}: checkpointing costs {r_ck:.2f}× the time and holds {p_ck / p_ref:.2f}× the "
                 f"saved-tensor bytes at peak ({p_ref / p_ck:.1f}× less memory)."
             )
+        fm = "ours Forward (forward-mode unroll)"
+        r_fm, a_fm, a_ref = _race(benches, fm), _alloc(benches, fm), _alloc(benches, ref)
+        if r_fm:
+            line = f"- {label}: forward-mode unrolling (`Forward`) takes {r_fm:.2f}× the time of `{ref}`"
+            if a_fm and a_ref:
+                line += f" and peaks at {a_fm / a_ref:.2f}× its CPU allocator bytes"
+            out.append(line + ".")
         fwd = _race(benches, "ours Implicit CG20 forward-HVP")
         if fwd:
             out.append(
@@ -277,10 +310,13 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str) -> 
             "## Memory: bytes the autograd graph holds",
             "",
             "Counted with `torch.autograd.graph.saved_tensors_hooks` over one call: every tensor saved for "
-            "backward, once per distinct storage (the data matrix saved by all 20 steps counts once), "
+            "backward, once per distinct storage (the data matrix saved by all T steps counts once), "
             "released when the graph frees it. *Peak* is the most alive at once; *all saves* adds every "
             "save (checkpointing saves again while it recomputes). Device-independent; on CUDA the "
-            "allocator's peak is added.",
+            "allocator's peak is added. *CPU allocator peak* (where shown; CPU runs) is the most bytes "
+            "torch's CPU allocator held at once during the call, above its level at the start, from the "
+            "torch profiler's memory events: every tensor, temporaries included, and it sees inside "
+            "`torch.func` transforms, which the hooks cannot.",
             "",
         ]
         for group, table in mem:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bilevel import CG, BilevelProblem, FirstOrder, Implicit, Unrolled, optim
+from bilevel import CG, BilevelProblem, FirstOrder, Forward, Implicit, Unrolled, optim
 
 DEVICE_ENV = "WORSTFORGET_BENCH_DEVICE"
 Params = dict[str, Tensor]
@@ -428,6 +428,113 @@ IMPLICIT: dict[str, Contestant] = {
 REFERENCE_IMPLICIT = "torchopt custom_root solve_cg(20)"
 
 
+# ------------------------------------------------------------------------------ learned learning rate (3)
+
+
+# The workload-1 data and MLP with one outer entry, the inner SGD learning rate η (a 0-dim tensor):
+#     g(θ) = (1/n) Σ_i CE(f_θ(a_i), b_i)   (unweighted; η enters through the steps θ ← θ − η ∇g only)
+#     f(θ) = validation CE,   F(η) = f(θ_T(η)),   every contestant returns dF/dη (0-dim).
+# T is longer than workload 1's: long trajectories and few outer entries are what `Forward` is for. 50
+# keeps the workload (agreement, memory, 25 interleaved + 16 timed rounds of 6 contestants) near a minute
+# on the 2-core CPU with one thread.
+LR_STEPS = 50
+
+
+def make_learned_lr(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Reweighting:
+    """Workload 1's data, module and θ_0 with ``steps = LR_STEPS``; ``w.lr`` is the point η where dF/dη is
+    taken (``w.logits`` is unused)."""
+    return make_reweighting(device=device, dtype=dtype, steps=LR_STEPS)
+
+
+def _lr0(w: Reweighting) -> Tensor:
+    return torch.tensor(w.lr, device=w.device, dtype=w.dtype)
+
+
+def lr_problem(w: Reweighting) -> BilevelProblem:
+    return BilevelProblem(
+        inner_loss=lambda inner, outer, batch: F.cross_entropy(w.model(inner, w.X), w.y),
+        outer_loss=lambda inner, outer, batch: w.outer_value(inner),
+    )
+
+
+def ours_lr(solver_cls: Any, **kwargs: Any) -> Contestant:
+    def make(w: Reweighting) -> Callable[[], Tensor]:
+        solver = solver_cls(lambda outer: optim.SGD(lr=outer["lr"]), w.steps, **kwargs)
+        problem, lr = lr_problem(w), _lr0(w)
+
+        def run() -> Tensor:
+            return solver.hypergrad(problem, w.params0, {"lr": lr}).grad["lr"]
+
+        return run
+
+    return make
+
+
+def higher_lr(w: Reweighting) -> Callable[[], Tensor]:
+    import higher
+
+    net = copy.deepcopy(w.net)
+    opt = torch.optim.SGD(net.parameters(), lr=w.lr)
+
+    def run() -> Tensor:
+        lr = _lr0(w).requires_grad_(True)
+        # override: one value per parameter group; the differentiable optimizer uses the tensor as is.
+        with higher.innerloop_ctx(net, opt, copy_initial_weights=True, override={"lr": [lr]}) as (fnet, d):
+            for _ in range(w.steps):
+                d.step(F.cross_entropy(fnet(w.X), w.y))
+            return torch.autograd.grad(F.cross_entropy(fnet(w.Xv), w.yv), lr)[0]
+
+    return run
+
+
+def torchopt_metasgd_lr(w: Reweighting) -> Callable[[], Tensor]:
+    """``MetaSGD(net, lr=tensor)``: torchopt 0.7.3 accepts a tensor learning rate and differentiates it
+    (its ``lr >= 0`` check and the ``-lr`` scaling are tensor operations)."""
+    torchopt = _torchopt()
+    net = copy.deepcopy(w.net)
+    snapshot = torchopt.extract_state_dict(net)
+
+    def run() -> Tensor:
+        torchopt.recover_state_dict(net, snapshot)
+        lr = _lr0(w).requires_grad_(True)
+        mopt = torchopt.MetaSGD(net, lr=lr)
+        for _ in range(w.steps):
+            mopt.step(F.cross_entropy(net(w.X), w.y))
+        return torch.autograd.grad(F.cross_entropy(net(w.Xv), w.yv), lr)[0]
+
+    return run
+
+
+def plain_lr(w: Reweighting) -> Callable[[], Tensor]:
+    """The hand-written reference: θ ← θ − η ∇g with ``create_graph=True``, then one backward to η."""
+    keys = list(w.params0)
+
+    def run() -> Tensor:
+        lr = _lr0(w).requires_grad_(True)
+        params = [w.params0[k].detach().requires_grad_(True) for k in keys]
+        for _ in range(w.steps):
+            loss = F.cross_entropy(w.model(dict(zip(keys, params)), w.X), w.y)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            params = [p - lr * g for p, g in zip(params, grads)]
+        return torch.autograd.grad(w.outer_value(dict(zip(keys, params))), lr)[0]
+
+    return run
+
+
+LEARNED_LR: dict[str, Contestant] = {
+    "ours Unrolled": ours_lr(Unrolled),
+    "ours Unrolled checkpoint": ours_lr(Unrolled, checkpoint=True),
+    "ours Forward (forward-mode unroll)": ours_lr(Forward),
+    "higher innerloop_ctx override lr": higher_lr,
+    "torchopt MetaSGD(lr=tensor)": torchopt_metasgd_lr,
+    "plain autograd unroll": plain_lr,
+}
+REFERENCE_LEARNED_LR = "plain autograd unroll"
+# dF/dη is one number reached through T steps: rounding accumulates along the trajectory, and forward mode
+# accumulates it in a different order from reverse mode.
+LR_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
 # ------------------------------------------------------------------------------------------ measurements
 
 
@@ -521,3 +628,31 @@ def measure_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
         synchronize(device)
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return out
+
+
+def cpu_allocator_peak(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Peak bytes the CPU allocator holds during one call, above what it held at the start.
+
+    From the torch profiler's memory events (``profile_memory=True``): every allocation and free of
+    torch's CPU allocator, summed in time order. Unlike the saved-tensor hooks it counts every tensor (the
+    graph, temporaries, dual tensors inside ``torch.func``), so it also meters `Forward`. The event list is
+    a private profiler API: if it is missing, the call gets ``cpu_alloc_note`` instead.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+            del out
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        kinds = torch.autograd.DeviceType
+        cpu = {kinds.CPU, kinds.MKLDNN, kinds.IDEEP}
+        events = [e for e in events if e.device_type() in cpu]
+        events.sort(key=lambda e: e.start_ns())
+    except (AttributeError, RuntimeError) as exc:
+        return {"cpu_alloc_note": f"n/a: profiler memory events unavailable ({type(exc).__name__})"}
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return {"cpu_alloc_peak_bytes": peak}
