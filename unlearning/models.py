@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from unlearning.rng import seeded
+
 NAMES = ("mlp", "cnn", "resnet18")
 
 
@@ -145,8 +147,7 @@ def build(
         raise ValueError(f"image_shape must be (C, H, W), got {shape}")
     if len(mean) != shape[0]:
         raise ValueError(f"mean/std need {shape[0]} values (one per channel), got {len(mean)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):  # modules are built on the CPU
         try:
             return classes[key](shape, num_classes, mean, std, **opts)
         except TypeError as err:

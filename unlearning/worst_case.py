@@ -43,6 +43,7 @@ from bilevel import CappedSimplex, optim, top_k
 
 from .data_types import ArrayData, Task
 from .methods.base import NoLowerLevelError
+from .rng import seeded
 from .splits import forget_indices
 
 __all__ = ["HYPERGRADS", "SearchResult", "search", "build_problem", "make_solver", "resolve_budget"]
@@ -530,8 +531,7 @@ def search(
 
     segment = binarize_every or upper_steps
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+        with seeded(int(seed), dev):
             done = 0
             while done < upper_steps:
                 steps = min(segment, upper_steps - done)

@@ -29,6 +29,7 @@ from unlearning.methods.base import (
     sgd_config,
 )
 from unlearning.methods.common import Iterative, per_sample_ce
+from unlearning.rng import seeded
 
 _OFFSET_BS = 701
 _OFFSET_BE = 801
@@ -135,8 +136,7 @@ def expand_classifier(model: nn.Module, num_classes: int, seed: int) -> nn.Modul
         raise ValueError(
             f"the last nn.Linear has {fc.out_features} outputs, expected num_classes = {num_classes}"
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):  # built on the CPU, then moved
         new = nn.Linear(fc.in_features, num_classes + 1, bias=fc.bias is not None)
     new = new.to(fc.weight.device, fc.weight.dtype)
     with torch.no_grad():

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from unlearning.data_types import ArrayData, Task
 from unlearning.methods.base import Interval, Method, epochs_hp, hparam, lr_hp
+from unlearning.rng import seeded
 
 
 @dataclass
@@ -56,12 +57,7 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
 
     Runs under ``torch.random.fork_rng`` so the global random state is left as it was.
     """
-    dev = next(model.parameters()).device
-    devices = (
-        [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    )
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
+    with seeded(seed, next(model.parameters()).device), torch.no_grad():
         if callable(getattr(model, "reset_parameters", None)):
             model.reset_parameters()
         else:
