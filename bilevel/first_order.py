@@ -18,7 +18,7 @@ import torch
 
 from . import tree
 from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
-from .inner import inner_grad, run_inner
+from .inner import inner_diagnostics, run_inner
 from .linearize import linearize, outer_partials
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, check_finite
@@ -134,13 +134,8 @@ class FirstOrder:
             grad, extra = self._f2sa(problem, theta, lam, stream, batch, outer_batch)
             info.update(extra)
         check_finite(grad, "the first-order hypergradient")
-        g_theta, g_value = inner_grad(problem, theta, lam, batch)
-        info.update(
-            seconds=time.perf_counter() - start,
-            outer_loss=float(f_value),
-            inner_loss=float(g_value.detach()),
-            inner_grad_norm=float(tree.norm(g_theta)),
-        )
+        info.update(inner_diagnostics(problem, theta, lam, batch))
+        info.update(seconds=time.perf_counter() - start, outer_loss=float(f_value))
         return Hypergrad(grad=tree.detach(grad), inner=tree.detach(theta), info=info)
 
     def _mixed(self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params) -> Params:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import tree
 from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
-from .inner import inner_grad
+from .inner import inner_diagnostics
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, check_finite
 from .unrolled import optimizer_for
@@ -113,12 +113,10 @@ class Forward:
         check_finite(f_value, "outer_loss after the forward-mode inner loop")
         check_finite(theta_T, f"the inner iterate after {self.steps} steps")
         check_finite(grad, "the forward-mode hypergradient")
-        g_T, g_value = inner_grad(problem, theta_T, lam0, batches[self.steps])
         info = {
             "seconds": time.perf_counter() - start,
             "outer_loss": float(f_value),
-            "inner_loss": float(g_value.detach()),
-            "inner_grad_norm": float(tree.norm(g_T)),
+            **inner_diagnostics(problem, theta_T, lam0, batches[self.steps]),
             "hvp_count": self.steps * n_dir,  # one Hessian-vector product per step and direction
             "directions": n_dir,
             "inner_steps": self.steps,

@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from .hypergrad import check_scalar
 from .modules import recording_buffers
 from .problem import BilevelProblem, DataStream
-from .tree import Params, check_finite
+from .tree import Params, check_finite, norm
 
 
 def inner_grad(
@@ -45,6 +45,12 @@ def inner_grad(
         grads = torch.autograd.grad(value, list(inner.values()), create_graph=create_graph, allow_unused=True)
     out = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(inner.items(), grads)}
     return out, value
+
+
+def inner_diagnostics(problem: BilevelProblem, inner: Params, outer: Params, batch: Any) -> dict[str, float]:
+    """``inner_loss`` g and ``inner_grad_norm`` ‖∇_θ g‖ at a returned inner solution (one extra gradient)."""
+    grads, value = inner_grad(problem, inner, outer, batch)
+    return {"inner_loss": float(value.detach()), "inner_grad_norm": float(norm(grads))}
 
 
 def run_inner(

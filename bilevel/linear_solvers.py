@@ -113,6 +113,11 @@ class CG:
         return x, stats
 
 
+def _check_alpha(alpha: float | None) -> None:
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a positive finite number (below 2/λ_max(H)), got {alpha!r}")
+
+
 def _power_alpha(hvp: HVP, b: Params, iters: int = 20) -> tuple[float, int]:
     """α = 1 / λ_max(H) from a power iteration started at b (``iters`` HVPs)."""
     v = tree.scale(b, 1.0 / max(float(tree.norm(b)), 1e-300))
@@ -143,8 +148,7 @@ class Neumann:
 
     def __post_init__(self) -> None:
         _check_common(self.max_iter, self.tol)
-        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a positive finite number (below 2/λ_max(H)), got {self.alpha!r}")
+        _check_alpha(self.alpha)
 
     def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
         stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
@@ -189,8 +193,7 @@ class FixedPoint:
 
     def __post_init__(self) -> None:
         _check_common(self.max_iter, self.tol)
-        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a positive finite number (below 2/λ_max(H)), got {self.alpha!r}")
+        _check_alpha(self.alpha)
 
     def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
         stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}

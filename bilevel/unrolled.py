@@ -22,7 +22,7 @@ from . import tree
 from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
 from .inner import (
     detach_tree,
-    inner_grad,
+    inner_diagnostics,
     replace_tensor_leaves,
     rng_restored,
     rng_state,
@@ -204,12 +204,10 @@ class Unrolled:
         check_finite(grad, "the unrolled hypergradient")
         theta_T = tree.detach(theta_T)
         check_finite(theta_T, f"the inner iterate after {T} steps")
-        g_T, g_value = inner_grad(problem, theta_T, lam, stream(T))
         info = {
             "seconds": time.perf_counter() - start,
             "outer_loss": float(f_value),
-            "inner_loss": float(g_value.detach()),
-            "inner_grad_norm": float(tree.norm(g_T)),
+            **inner_diagnostics(problem, theta_T, lam, stream(T)),
             "hvp_count": K,  # the backward pass through K steps costs about K Hessian-vector products
             "inner_steps": T,
             "differentiated_steps": K,

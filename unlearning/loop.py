@@ -129,16 +129,23 @@ def run_epochs(
     return model
 
 
-def _progress(description: str, total: int):
+def progress_bar(*, enabled: bool | None = None):
+    """The project's one progress-bar layout (description, bar, done/total, elapsed; transient). Disabled
+    when ``enabled`` is False, or when None and `progress_enabled` says so."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=True,
+        disable=not (progress_enabled() if enabled is None else enabled),
     )
+
+
+def _progress(description: str, total: int):
+    bar = progress_bar(enabled=True)
     task = bar.add_task(description, total=total)
     bar.start()
     return bar, task

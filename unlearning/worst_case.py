@@ -331,21 +331,13 @@ def _make_method(method: Any, hparams: dict[str, Any] | None) -> Any:
 def _progress_fn(progress: Any, total: int, label: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     """(update(done), close()) for ``progress``: None = a rich bar unless WORSTFORGET_PROGRESS=0, False = off,
     a callable = called as progress(done, total)."""
-    from .loop import progress_enabled
+    from .loop import progress_bar, progress_enabled
 
     if callable(progress):
         return (lambda done: progress(done, total)), (lambda: None)
     if progress is False or (progress is None and not progress_enabled()):
         return (lambda done: None), (lambda: None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    )
+    bar = progress_bar(enabled=True)
     bar.start()
     tid = bar.add_task(label, total=total)
     return (lambda done: bar.update(tid, completed=done)), bar.stop

@@ -62,3 +62,36 @@ def parse_opts(items: Sequence[str] | None, argument: str) -> dict[str, Any]:
             parsed = value
         out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
+
+
+def check_device(args: Any) -> None:
+    """``--device`` exists here (`unlearning.setup.resolve_device`), else a `CLIError` naming it."""
+    from unlearning.setup import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(f"argument --device: {err}") from None
+
+
+def check_experiment(args: Any) -> None:
+    """``--dataset``, ``--model`` and ``--device`` name things that exist, else a `CLIError` naming it."""
+    from unlearning import datasets, models
+
+    if args.dataset.lower() not in datasets.NAMES:
+        raise CLIError(
+            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
+        )
+    if args.model.lower() not in models.NAMES:
+        raise CLIError(
+            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
+        )
+    check_device(args)
+
+
+def check_at_least_one(args: Any, *flags: str) -> None:
+    """Each integer option in ``flags`` (attribute names) is None or >= 1, else a `CLIError` naming it."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")

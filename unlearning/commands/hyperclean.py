@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError
+from unlearning.commands import CLIError, check_at_least_one, check_device
 
 DESCRIPTION = """Learn which training labels are wrong, by bi-level optimization (data hyper-cleaning).
 
@@ -48,32 +48,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from unlearning.cleaning import run as clean
     from unlearning.io import write_json, write_text
-    from unlearning.loop import progress_enabled
+    from unlearning.loop import progress_bar
 
     if not 0 <= args.noise < 1:
         raise CLIError(f"argument --noise: must be in [0, 1), got {args.noise}")
-    for flag in ("steps", "inner_steps"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError("argument --device: CUDA is not available on this machine; use --device cpu")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise CLIError(f"argument --device: expected cpu or cuda, got {args.device!r}")
+    check_at_least_one(args, "steps", "inner_steps")
+    check_device(args)
     out = Path(args.out)
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not progress_enabled(),
-    )
+    bar = progress_bar()
     with bar:
         task = bar.add_task(f"hyper-cleaning ({args.solver})", total=args.steps)
         report = clean(

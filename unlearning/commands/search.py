@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, parse_opts
+from unlearning.commands import CLIError, check_at_least_one, check_experiment, parse_opts
 
 DESCRIPTION = """Find the forget set an unlearning method handles worst, by bi-level optimisation.
 
@@ -124,20 +124,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _check(args: argparse.Namespace) -> None:
-    from unlearning import datasets, models, setup
-
-    if args.dataset.lower() not in datasets.NAMES:
-        raise CLIError(
-            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
-        )
-    if args.model.lower() not in models.NAMES:
-        raise CLIError(
-            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
-        )
-    for flag in ("upper_steps", "inner_steps", "batch_size", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")
+    check_experiment(args)
+    check_at_least_one(args, "upper_steps", "inner_steps", "batch_size", "threads")
     if args.binarize_every < 0:
         raise CLIError(f"argument --binarize-every: must be >= 0 (0 = never), got {args.binarize_every}")
     for flag in ("inner_lr", "upper_lr"):
@@ -146,10 +134,6 @@ def _check(args: argparse.Namespace) -> None:
             raise CLIError(f"argument --{flag.replace('_', '-')}: must be > 0, got {value}")
     if not args.gamma >= 0:
         raise CLIError(f"argument --gamma: must be >= 0, got {args.gamma}")
-    try:
-        setup.resolve_device(args.device)
-    except ValueError as err:
-        raise CLIError(f"argument --device: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

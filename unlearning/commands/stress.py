@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, coerce
+from unlearning.commands import CLIError, check_at_least_one, check_experiment, coerce
 
 DESCRIPTION = """Stress-test unlearning methods on the worst-case forget set.
 
@@ -105,30 +105,15 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unlearning import datasets, models, stress
+    from unlearning import stress
     from unlearning.io import write_json, write_text
-    from unlearning.loop import progress_enabled
-    from unlearning.setup import resolve_device
+    from unlearning.loop import progress_bar
 
-    if args.dataset.lower() not in datasets.NAMES:
-        raise CLIError(
-            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
-        )
-    if args.model.lower() not in models.NAMES:
-        raise CLIError(
-            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
-        )
+    check_experiment(args)
     if not 0 < args.budget < 1:
         raise CLIError(f"argument --budget: must be a fraction of the pool in (0, 1), got {args.budget}")
-    for flag in ("upper_steps", "inner_steps"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
-    try:
-        resolve_device(args.device)
-    except ValueError as err:
-        raise CLIError(f"argument --device: {err}") from None
+    check_at_least_one(args, "upper_steps", "inner_steps")
     seeds = _seeds(args.seeds)
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     try:
@@ -139,14 +124,7 @@ def run(args: argparse.Namespace) -> int:
     hparams = _hparams(args.hp, methods)
 
     total = len(seeds) * (1 + 2 * (1 + len(methods)))
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not progress_enabled(),
-    )
+    bar = progress_bar()
     with bar:
         task = bar.add_task("stress test", total=total)
 

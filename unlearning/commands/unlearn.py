@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from unlearning.commands import CLIError, coerce, parse_key_values, parse_opts
+from unlearning.commands import (
+    CLIError,
+    check_at_least_one,
+    check_experiment,
+    coerce,
+    parse_key_values,
+    parse_opts,
+)
 
 DESCRIPTION = """Unlearn a forget set from a trained model with one method and compare it with Retrain.
 
@@ -135,30 +142,18 @@ def _make_method(args: argparse.Namespace, hp: dict[str, Any]):
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any training, on inputs that can be checked cheaply."""
-    from unlearning import datasets, models, setup, splits
+    from unlearning import splits
 
-    if args.dataset.lower() not in datasets.NAMES:
-        raise CLIError(
-            f"argument --dataset: unknown dataset {args.dataset!r}; choose one of {', '.join(datasets.NAMES)}"
-        )
-    if args.model.lower() not in models.NAMES:
-        raise CLIError(
-            f"argument --model: unknown model {args.model!r}; choose one of {', '.join(models.NAMES)}"
-        )
+    check_experiment(args)
     try:
         kind, value = splits.parse_spec(args.forget)
         if kind == "random":
             splits.forget_indices(args.forget, _Sized(10**6), 0)  # validates the fraction only
         elif kind == "indices":
             splits.load_indices(value)
-        setup.resolve_device(args.device)
     except (ValueError, FileNotFoundError) as err:
-        flag = "--device" if "device" in str(err).lower() else "--forget"
-        raise CLIError(f"argument {flag}: {err}") from None
-    for flag in ("train_epochs", "batch_size", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")
+        raise CLIError(f"argument --forget: {err}") from None
+    check_at_least_one(args, "train_epochs", "batch_size", "threads")
 
 
 def _flag_for(message: str) -> str:
