@@ -12,7 +12,7 @@ from unlearning.methods.gradient_ascent import GA
 from unlearning.methods.influence import IU, woodfisher_recursion
 from unlearning.methods.last_layers import CFk, EUk
 from unlearning.methods.random_label import RL
-from unlearning.methods.registry import REGISTRY, make
+from unlearning.methods.registry import REGISTRY, make, resolve
 from unlearning.methods.retrain import Retrain
 from unlearning.methods.salun import SalUn, SalUnSoft
 from unlearning.methods.scrub import SCRUB
@@ -37,5 +37,6 @@ __all__ = [
     "SalUnSoft",
     "Unlearned",
     "make",
+    "resolve",
     "woodfisher_recursion",
 ]

@@ -37,3 +37,55 @@ def make(name: str, **hparams: Any) -> Method:
         if k not in known:
             raise ValueError(f"{key}: unknown hyper-parameter {k!r}; valid: {', '.join(known) or '(none)'}")
     return cls(**hparams)
+
+
+def resolve(spec: Any, **hparams: Any) -> Any:
+    """One method from what a user may name: a `Method` object (returned as is; anything with ``name`` and
+    ``unlearn(model, task)`` qualifies), a registry name (``make(spec, **hparams)``), or ``"pkg.module:Attr"``
+    where ``Attr`` is a method class or a zero-argument factory (called with ``hparams``) or an instance.
+
+    Raises ``ValueError`` naming the spec and the fix when it is none of these.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, type):
+            spec = spec(**hparams)
+        elif hparams:
+            raise ValueError(f"hyper-parameters {sorted(hparams)} given for an already built method {spec!r}")
+        return _checked(spec, repr(spec))
+    text = spec.strip()
+    if ":" not in text:
+        return make(text, **hparams)
+    module_name, _, attr = text.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"method {spec!r}: expected a registry name or 'package.module:ClassName'")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"method {spec!r}: cannot import module {module_name!r} ({err}); is it on PYTHONPATH?"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"method {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "unlearn")):
+        try:
+            obj = obj(**hparams)
+        except TypeError as err:
+            raise ValueError(f"method {spec!r}: calling {attr}(**{hparams}) failed: {err}") from None
+    elif hparams:
+        raise ValueError(f"method {spec!r} is an instance: it takes no hyper-parameters {sorted(hparams)}")
+    return _checked(obj, spec)
+
+
+def _checked(method: Any, what: str) -> Any:
+    name = getattr(method, "name", None)
+    if not callable(getattr(method, "unlearn", None)) or not isinstance(name, str) or not name:
+        raise ValueError(
+            f"method {what}: not an unlearning method; it needs a non-empty str attribute 'name' and "
+            "unlearn(model, task) -> Unlearned (subclass unlearning.methods.Method)"
+        )
+    return method
