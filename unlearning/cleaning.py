@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import bilevel
 from bilevel import BilevelProblem, CappedSimplex, optim, top_k
 
-SOLVERS = ("implicit", "unrolled", "first-order")
+SOLVERS = ("implicit", "unrolled", "first_order")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def make_solver(name: str, inner_steps: int) -> Any:
         return bilevel.Implicit(opt, steps=inner_steps, linear_solver=bilevel.CG(max_iter=50, tol=1e-8))
     if name == "unrolled":
         return bilevel.Unrolled(opt, steps=inner_steps)
-    if name == "first-order":
+    if name == "first_order":
         return bilevel.FirstOrder(opt, steps=inner_steps, mode="identity")
     raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
 

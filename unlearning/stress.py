@@ -69,7 +69,7 @@ def run(
     budget: float = 0.1,
     seeds: Sequence[int] = (0, 1),
     search_method: str = "ft",
-    hypergrad: str = "first-order",
+    hypergrad: str = "first_order",
     search_options: dict[str, Any] | None = None,
     method_hparams: dict[str, dict[str, Any]] | None = None,
     device: str = "cpu",

@@ -11,7 +11,7 @@ A low forget loss *after* unlearning means the method leaves those points fitted
 forget. The lower level restarts from the same state at every upper step (as the published code does). The
 hypergradient comes from a `bilevel` solver (``hypergrad=``):
 
-- ``"first-order"`` (default, the paper's rule): a signSGD lower level, θ ← θ − η·sign(∇_θ g), whose
+- ``"first_order"`` (default, the paper's rule): a signSGD lower level, θ ← θ − η·sign(∇_θ g), whose
   derivative is 0 almost everywhere, so ∂F/∂w_i = ℓ_i(θ_K) + 2γw_i (`bilevel.FirstOrder("partial")`);
 - ``"unrolled"``: reverse mode through K differentiable SGD steps (`bilevel.Unrolled`);
 - ``"implicit"``: the implicit-function theorem at θ_K with damped CG (`bilevel.Implicit`; a network's lower
@@ -48,7 +48,7 @@ from .splits import forget_indices
 
 __all__ = ["HYPERGRADS", "SearchResult", "search", "build_problem", "make_solver", "resolve_budget"]
 
-HYPERGRADS = ("first-order", "unrolled", "implicit")
+HYPERGRADS = ("first_order", "unrolled", "implicit")
 
 #: Defaults chosen on digits/MLP (docs/worst_case.md): the signSGD step of the paper's rule, and the
 #: projected-descent step on w (the per-step change of a weight is at most ``upper_lr`` × the spread of ℓ_i).
@@ -253,7 +253,7 @@ def make_solver(
     cg_iters: int = 10,
 ) -> Any:
     """The `bilevel` solver of each ``hypergrad`` choice (see the module docstring)."""
-    if hypergrad == "first-order":
+    if hypergrad == "first_order":
         return bilevel.FirstOrder(optim.SignSGD(lr=inner_lr), steps=inner_steps, mode="partial")
     if hypergrad == "unrolled":
         return bilevel.Unrolled(optim.SGD(lr=inner_lr), steps=inner_steps)
@@ -348,7 +348,7 @@ def search(
     method: Any = "ft",
     *,
     budget: float | int = 0.1,
-    hypergrad: str = "first-order",
+    hypergrad: str = "first_order",
     upper_steps: int = 20,
     inner_steps: int = 10,
     inner_lr: float | None = None,
@@ -375,7 +375,7 @@ def search(
     (methods that precompute something from D_f, e.g. SalUn's mask or BS's neighbour labels, use that set).
 
     ``budget``: the forget-set size m (fraction of the pool in (0, 1) or a count; class-wise: of the classes).
-    ``hypergrad``: ``"first-order"`` (signSGD lower level, the paper's rule), ``"unrolled"`` or
+    ``hypergrad``: ``"first_order"`` (signSGD lower level, the paper's rule), ``"unrolled"`` or
     ``"implicit"`` (SGD lower level; ``damping`` δ and ``cg_iters`` for CG). ``inner_steps`` K and
     ``inner_lr`` (default 1e-2 for signSGD, the method's ``lr`` or 0.05 for SGD); ``upper_steps`` and
     ``upper_lr`` (default 30, class-wise 1) of projected gradient descent on w; ``gamma`` γ;
@@ -410,7 +410,7 @@ def search(
     meth = _make_method(method, hparams)
     if inner_lr is None:
         inner_lr = (
-            DEFAULT_SIGN_LR if hypergrad == "first-order" else float(getattr(meth, "lr", DEFAULT_SGD_LR))
+            DEFAULT_SIGN_LR if hypergrad == "first_order" else float(getattr(meth, "lr", DEFAULT_SGD_LR))
         )
     if upper_lr is None:
         upper_lr = DEFAULT_UPPER_LR_CLASSWISE if classwise else DEFAULT_UPPER_LR
@@ -468,7 +468,7 @@ def search(
         reverse=reverse,
         classwise=classwise,
         num_classes=num_classes,
-        differentiable=hypergrad != "first-order",
+        differentiable=hypergrad != "first_order",
     )
     solver = make_solver(
         hypergrad, inner_steps=inner_steps, inner_lr=float(inner_lr), damping=damping, cg_iters=cg_iters

@@ -69,7 +69,7 @@ def test_first_order_rule_is_loss_plus_2_gamma_w(classwise):
     and mean_{y_i=c} ℓ_i(θ_K) + 2γw_c (class-wise), θ_K from K signSGD steps written out by hand."""
     gamma, lr, steps = 0.3, 0.05, 4
     bound, task, theta0, buffers, problem, w = _tiny(classwise=classwise, gamma=gamma, differentiable=False)
-    solver = make_solver("first-order", inner_steps=steps, inner_lr=lr)
+    solver = make_solver("first_order", inner_steps=steps, inner_lr=lr)
     hg = solver.hypergrad(problem, theta0, {"w": w})
 
     pool = task.pool
@@ -300,7 +300,7 @@ def test_save_round_trip_and_load_indices(tmp_path, worst):
     path = worst.save(tmp_path / "wc.json")
     raw = json.loads(path.read_text())
     assert raw["indices"] == worst.indices.tolist()
-    assert raw["config"]["hypergrad"] == "first-order" and len(raw["history"]) == 10
+    assert raw["config"]["hypergrad"] == "first_order" and len(raw["history"]) == 10
     assert torch.equal(splits.load_indices(path), worst.indices)
     back = SearchResult.load(path)
     assert torch.equal(back.indices, worst.indices)

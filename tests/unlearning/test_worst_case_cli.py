@@ -34,7 +34,7 @@ def test_search_run_and_round_trip_through_unlearn(tmp_path, capsys, digits_rand
         capsys,
         "search",
         "--dataset", "digits", "--model", "mlp", "--method", "ft", "--budget", "0.1",
-        "--hypergrad", "first-order", "--upper-steps", "5", "--seed", "0", "--out", str(out_dir),
+        "--hypergrad", "first_order", "--upper-steps", "5", "--seed", "0", "--out", str(out_dir),
     )  # fmt: skip
     assert code == 0, err
     assert "worst-case set" in out and "random set" in out

@@ -2,7 +2,7 @@
 
 Data hyper-cleaning on scikit-learn's digits (`unlearning.cleaning`): 40% of the training labels are flipped,
 and per-sample weights on the capped simplex {w ∈ [0,1]^n : Σw = k} are learned by projected descent on the
-validation loss with a hypergradient solver (`--solver implicit|unrolled|first-order`). Prints a table and
+validation loss with a hypergradient solver (`--solver implicit|unrolled|first_order`). Prints a table and
 writes ``OUT/hyperclean.json``, ``.md`` and ``.png`` atomically.
 """
 

@@ -77,9 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--hypergrad",
-        default="first-order",
+        default="first_order",
         choices=HYPERGRADS,
-        help="hypergradient: first-order (signSGD lower level, the paper's rule; default), unrolled, "
+        help="hypergradient: first_order (signSGD lower level, the paper's rule; default), unrolled, "
         "implicit",
     )
     p.add_argument("--upper-steps", type=int, default=20, help="upper-level steps (default: 20)")

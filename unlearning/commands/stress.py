@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     p.add_argument("--search-method", default="ft", help="method whose worst case is searched (default: ft)")
-    p.add_argument("--hypergrad", default="first-order", choices=HYPERGRADS, help="search hypergradient")
+    p.add_argument("--hypergrad", default="first_order", choices=HYPERGRADS, help="search hypergradient")
     p.add_argument("--upper-steps", type=int, default=20, help="upper-level steps of the search (default 20)")
     p.add_argument(
         "--inner-steps", type=int, default=10, help="lower-level steps per upper step (default 10)"
