@@ -5,8 +5,9 @@ Solvers (one object each, one method ``hypergrad(problem, inner_init, outer, inn
 unrolling, for few outer entries), `Implicit` (implicit function theorem with linear solvers `CG`, `Neumann`,
 `FixedPoint`, `Direct`) and `FirstOrder` (partial, DARTS-style identity, F2SA penalty). `minimize` runs the
 projected outer loop (`Box`, `CappedSimplex`, `top_k`); `check_hypergrad` verifies a solver on your problem;
-`problems` holds reference problems with closed forms; `optim` holds differentiable functional optimizers;
-`FunctionalModule` makes an ``nn.Module`` a pure function with an explicit BatchNorm-buffer policy.
+`profile` measures several solvers' time, peak memory, HVP count and hypergradient error; `problems` holds
+reference problems with closed forms; `optim` holds differentiable functional optimizers; `FunctionalModule`
+makes an ``nn.Module`` a pure function with an explicit BatchNorm-buffer policy.
 """
 
 from . import optim, problems
@@ -21,6 +22,7 @@ from .linear_solvers import CG, Direct, FixedPoint, IndefiniteHessianError, Neum
 from .modules import FunctionalModule
 from .outer_loop import MinimizeResult, minimize
 from .problem import BilevelProblem
+from .profile import Profile, ProfileRow, profile
 from .unrolled import Unrolled
 
 __all__ = [
@@ -42,6 +44,9 @@ __all__ = [
     "MinimizeResult",
     "check_hypergrad",
     "HypergradCheck",
+    "profile",
+    "Profile",
+    "ProfileRow",
     "Hypergrad",
     "FunctionalModule",
     "optim",
