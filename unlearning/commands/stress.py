@@ -1,6 +1,6 @@
 """``worstforget stress``: every unlearning method on its worst-case forget set and on a random one, against
-Retrain, over seeds (`unlearning.stress`). Prints a table; writes ``OUT/stress.json``, ``OUT/stress.md`` and
-``OUT/stress.png`` atomically."""
+Retrain, over seeds (`unlearning.stress.stress_test`). Prints a table; writes ``OUT/report.json`` (row by
+row, resumable), ``OUT/report.md``, the plots and ``OUT/sets/seed<S>.json``."""
 
 from __future__ import annotations
 
@@ -8,20 +8,30 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_experiment, coerce
+from unlearning.commands import CLIError, coerce
 
-DESCRIPTION = """Stress-test unlearning methods on the worst-case forget set.
+DESCRIPTION = """Stress-test unlearning methods on their worst-case forget set.
 
-For each seed: train (or load) the original model, search the worst-case forget set of --search-method by
-bi-level optimization (budget = fraction of the training pool), take the random start set of the same size as
-the baseline, then run Retrain and every method on both sets and report UA, RA, TA, MIA-Efficacy, run time and
-the Avg. Gap to Retrain (mean and std over seeds).
+For each seed: train (or load from the cache) the original model; search the worst-case forget set of
+--search-method by bi-level optimization (size: --forget-fraction of the training pool, or of the classes
+with --class-wise); take the search's random start set of the same size as the baseline; run Retrain and
+every method on both sets with the same hyper-parameters; report UA, RA, TA, MIA-Efficacy, run time and the
+Avg. Gap to Retrain (mean ± std over seeds).
 
-Example: worstforget stress --methods ft,ga,rl,salun --seeds 0,1,2 --out runs/stress"""
+Outputs in --out: report.json (config + one row per selection/seed/method, written as each finishes),
+report.md, avg_gap.png, ua_mia.png, search.png, sets/seed<S>.json (each worst-case set). Rerunning the same
+command with the same --out resumes: finished rows and sets are reused, only missing ones are computed.
+
+Examples:
+  worstforget stress                                  # digits, MLP, all methods, seeds 0,1,2
+  worstforget stress --methods ft,rl,salun --tune --out runs/stress
+  worstforget stress --methods salun,mypkg.mymodule:MyMethod --out runs/mine
+  worstforget stress --class-wise --forget-fraction 0.1 --out runs/classwise
+  worstforget stress --dataset cifar10 --model resnet18 --device cuda --data-dir data"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from unlearning.stress import DEFAULT_METHODS
+    from unlearning.stress import DEFAULT_METHODS, DEFAULT_SEEDS
     from unlearning.worst_case import HYPERGRADS
 
     p = subparsers.add_parser(
@@ -30,34 +40,84 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
-    p.add_argument("--model", default="mlp", help="model (default: mlp)")
+    p.add_argument(
+        "--dataset", default="digits", help="dataset: digits, mnist5k, synthetic, cifar10 (default: digits)"
+    )
+    p.add_argument("--model", default="mlp", help="model: mlp, cnn, resnet18 (default: mlp)")
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help="comma-separated methods to evaluate (default: all but retrain, the reference)",
+        metavar="LIST",
+        help="comma-separated methods to test: registry names or package.module:Class for your own "
+        "(default: every method but retrain, the reference)",
     )
     p.add_argument(
-        "--budget", type=float, default=0.1, help="forget-set size, fraction of the pool (default 0.1)"
+        "--forget-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="forget-set size as a fraction in (0, 1) of the training pool, or of the classes with "
+        "--class-wise (default: 0.1)",
     )
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
-    p.add_argument("--search-method", default="ft", help="method whose worst case is searched (default: ft)")
-    p.add_argument("--hypergrad", default="first_order", choices=HYPERGRADS, help="search hypergradient")
-    p.add_argument("--upper-steps", type=int, default=20, help="upper-level steps of the search (default 20)")
     p.add_argument(
-        "--inner-steps", type=int, default=10, help="lower-level steps per upper step (default 10)"
+        "--class-wise",
+        action="store_true",
+        help="class-wise forgetting: search over whole classes; the random set is random classes",
+    )
+    p.add_argument(
+        "--seeds",
+        default=",".join(map(str, DEFAULT_SEEDS)),
+        metavar="LIST",
+        help="comma-separated seeds; each gives a split, an original model and its two forget sets "
+        "(default: 0,1,2)",
+    )
+    p.add_argument(
+        "--search-method",
+        default="ft",
+        metavar="METHOD",
+        help="method whose worst-case set is searched (name or package.module:Class; default: ft)",
+    )
+    p.add_argument(
+        "--hypergrad",
+        default="first_order",
+        metavar="MODE",
+        help=f"hypergradient of the search: {', '.join(HYPERGRADS)} (default: first_order)",
+    )
+    p.add_argument(
+        "--upper-steps", type=int, default=20, help="upper-level steps of the search (default: 20)"
+    )
+    p.add_argument(
+        "--lower-steps",
+        type=int,
+        default=10,
+        help="lower-level steps per upper step of the search (default: 10)",
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="grid-search each method's hyper-parameters (lr x 0.5/1/2 and one knob) on the first seed's "
+        "random set by smallest Avg. Gap, then use them on both sets and all seeds; --hp values stay fixed",
     )
     p.add_argument(
         "--hp",
         action="append",
         metavar="METHOD.KEY=VALUE",
-        help="a method hyper-parameter, e.g. --hp rl.lr=0.02 (repeatable)",
+        help="a registry method's hyper-parameter, e.g. --hp rl.lr=0.02 (repeatable; never tuned)",
     )
-    p.add_argument("--out", default="runs/stress", help="output folder (default: runs/stress)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
     p.add_argument(
-        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
+        "--out",
+        metavar="DIR",
+        default="runs/stress",
+        help="output folder; rerunning with the same options resumes there (default: runs/stress)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)",
     )
     p.set_defaults(func=run)
     return p
@@ -74,7 +134,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
-    from unlearning.methods import REGISTRY
+    """``--hp`` values, typed like the registry method's defaults."""
+    from unlearning.methods import REGISTRY, make
 
     out: dict[str, dict[str, Any]] = {}
     for item in items or ():
@@ -85,6 +146,8 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
         name = name.lower()
         if name not in methods:
             raise CLIError(f"argument --hp: {name!r} is not among --methods ({', '.join(methods)})")
+        if name not in REGISTRY:
+            raise CLIError(f"argument --hp: {name!r} is not a registry method; set its values in its class")
         spec = REGISTRY[name].hyperparameters()
         field = field.replace("-", "_")
         if field not in spec:
@@ -94,8 +157,6 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
         out.setdefault(name, {})[field] = coerce(
             value.strip(), spec[field]["default"], f"argument --hp {key}"
         )
-    from unlearning.methods import make
-
     for name, hp in out.items():
         try:
             make(name, **hp)
@@ -104,81 +165,79 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+#: `stress_test` parameter → the flag that sets it.
+FLAGS = {"method_hparams": "--hp"}
 
+
+def run(args: argparse.Namespace) -> int:
     from unlearning import stress
-    from unlearning.io import write_json, write_text
+    from unlearning.commands import check_experiment
     from unlearning.loop import progress_bar
 
     check_experiment(args)
-    if not 0 < args.budget < 1:
-        raise CLIError(f"argument --budget: must be a fraction of the pool in (0, 1), got {args.budget}")
-    check_at_least_one(args, "upper_steps", "inner_steps")
     seeds = _seeds(args.seeds)
-    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-    try:
-        methods = stress.validate(methods, seeds, args.search_method, args.hypergrad)
-    except ValueError as err:
-        flag = "--search-method" if "search method" in str(err) else "--methods"
-        raise CLIError(f"argument {flag}: {err}") from None
-    hparams = _hparams(args.hp, methods)
-
-    total = len(seeds) * (1 + 2 * (1 + len(methods)))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.lower() for m in methods if ":" not in m]
+    hparams = _hparams(args.hp, names)
     bar = progress_bar()
-    with bar:
-        task = bar.add_task("stress test", total=total)
+    task = None
 
-        def step(message: str) -> None:
-            bar.update(task, advance=1, description=message)
+    def step(done: int, total: int, message: str) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task("stress test", total=total)
+        bar.update(task, completed=done, total=total, description=message)
 
-        report = stress.run(
-            dataset=args.dataset.lower(),
-            model=args.model.lower(),
-            methods=methods,
-            budget=args.budget,
-            seeds=seeds,
-            search_method=args.search_method.lower(),
-            hypergrad=args.hypergrad,
-            search_options={"upper_steps": args.upper_steps, "inner_steps": args.inner_steps},
-            method_hparams=hparams,
-            device=args.device,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir,
-            progress=step,
-        )
-    out = Path(args.out)
-    write_json(out / "stress.json", report)
-    write_text(out / "stress.md", stress.markdown(report))
-    stress.plot(report, out / "stress.png")
-    print_table(report, out)
+    try:
+        with bar:
+            report = stress.stress_test(
+                dataset=args.dataset.lower(),
+                model=args.model.lower(),
+                methods=[m if ":" in m else m.lower() for m in methods],
+                forget_fraction=args.forget_fraction,
+                class_wise=args.class_wise,
+                seeds=seeds,
+                search_method=args.search_method,
+                hypergrad=args.hypergrad,
+                upper_steps=args.upper_steps,
+                lower_steps=args.lower_steps,
+                method_hparams=hparams,
+                tune=args.tune,
+                device=args.device,
+                data_dir=args.data_dir,
+                cache_dir=args.cache_dir,
+                out=args.out,
+                progress=step,
+            )
+    except stress.StressInputError as err:
+        flag = FLAGS.get(err.param, "--" + err.param.replace("_", "-"))
+        raise CLIError(f"argument {flag}: {err.message}") from None
+    print_table(report, Path(args.out))
     return 0
 
 
 def print_table(report: dict[str, Any], out: Path) -> None:
+    """The summary in the terminal (rich): per method, UA, MIA and Avg. Gap on both sets (seed means)."""
     from rich.console import Console
     from rich.table import Table
 
-    cfg = report["config"]
+    from unlearning.stress import PLOTS, _describe
+
     summary = report["summary"]
-    table = Table(
-        title=f"worst-case vs random forget sets ({cfg['dataset']}/{cfg['model']}, budget {cfg['budget']}, "
-        f"{len(cfg['seeds'])} seeds; mean over seeds)"
-    )
+    table = Table(title=f"worst-case vs random forget sets ({_describe(report['config'])}; mean over seeds)")
     for col in ("method", "UA rand", "UA worst", "MIA rand", "MIA worst", "Gap rand", "Gap worst", "Δ gap"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    for name in ("original", "retrain", *cfg["methods"]):
+    for name in summary["random"]:
         r, w = summary["random"][name], summary["worst"][name]
         delta = report["gap_increase"].get(name)
         table.add_row(
             name,
-            f"{r['UA'][0]:.2f}",
-            f"{w['UA'][0]:.2f}",
-            f"{r['MIA'][0]:.2f}",
-            f"{w['MIA'][0]:.2f}",
-            f"{r['gap'][0]:.2f}",
-            f"{w['gap'][0]:.2f}",
+            *(f"{v:.2f}" for v in (r["UA"][0], w["UA"][0], r["MIA"][0], w["MIA"][0])),
+            f"{r['avg_gap'][0]:.2f}",
+            f"{w['avg_gap'][0]:.2f}",
             "" if delta is None else f"{delta:+.2f}",
         )
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'stress.json'}, {out / 'stress.md'} and {out / 'stress.png'}")
+    files = ", ".join(str(out / f) for f in ("report.json", "report.md", *PLOTS))
+    console.print(f"wrote {files} and {out / 'sets'}/")
