@@ -20,6 +20,8 @@ COMMANDS: list[str] = [
     "unlearning.commands.hyperclean",
     "unlearning.commands.stress",
     "unlearning.commands.search",
+    "unlearning.commands.bench",
+    "unlearning.commands.evaluate",
 ]
 
 

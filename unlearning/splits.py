@@ -117,19 +117,94 @@ def forget_indices(spec: str, pool: ArrayData, seed: int) -> Tensor:
             raise ValueError(f"forget class {k} is the whole pool: nothing would be retained")
         return idx
     index = load_indices(value)
-    config = indices_metadata(value).get("config") or {}
-    made_for = config.get("split_seed")
-    if made_for is not None and int(made_for) != int(seed):
-        raise ValueError(
-            f"forget indices file {value} holds positions in the pool of split seed {made_for}, not {seed}: "
-            f"pass --seed {made_for} (positions mean different examples under another split)"
-        )
-    size = config.get("pool_size")
-    if size is not None and int(size) != n:
-        raise ValueError(
-            f"forget indices file {value} was made for a pool of {size} examples, this one has {n}"
-        )
+    meta = indices_metadata(value)
+    if meta:
+        here = {"split_seed": int(seed), "pool_size": n}
+        if made_for(meta).get("pool_sha256") is not None:
+            here["pool_sha256"] = pool_fingerprint(pool)
+        check_made_for(meta, here, source=value)
     return check_indices(index, n, source=value)
+
+
+MADE_FOR_KEYS = ("dataset", "split_seed", "pool_size", "pool_sha256")
+
+
+def pool_fingerprint(pool: ArrayData) -> str:
+    """SHA-256 of the pool's inputs and labels (`unlearning.cache.fingerprint`): two pools agree only when
+    they hold the same examples in the same order, so positions in one name the same examples in the other."""
+    from .cache import fingerprint
+
+    return fingerprint(pool.x, pool.y)
+
+
+def data_fingerprint(pool: ArrayData, *, dataset: str | None = None, split_seed: int | None = None) -> dict:
+    """What a forget-set file records about the data its positions index: ``{"dataset", "split_seed",
+    "pool_size", "pool_sha256"}`` (`pool_fingerprint`); `check_made_for` compares it."""
+    return {
+        "dataset": dataset,
+        "split_seed": None if split_seed is None else int(split_seed),
+        "pool_size": len(pool),
+        "pool_sha256": pool_fingerprint(pool),
+    }
+
+
+def made_for(meta: dict) -> dict:
+    """The data a forget-set file (its JSON object ``meta``) was made for: its ``"fingerprint"`` entry, with
+    ``config`` (``dataset``, ``split_seed``, ``pool_size``; older search results) filling gaps."""
+    fp = meta.get("fingerprint") if isinstance(meta.get("fingerprint"), dict) else {}
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    return {k: fp.get(k, config.get(k)) for k in MADE_FOR_KEYS}
+
+
+def _fix(fp: dict) -> str:
+    """The flags that select the data ``fp`` describes."""
+    known = [(flag, fp.get(key)) for flag, key in (("--dataset", "dataset"), ("--seed", "split_seed"))]
+    flags = " ".join(f"{flag} {value}" for flag, value in known if value is not None)
+    prefix = f"pass {flags} and" if flags else "pass"
+    return f"{prefix} the --data-opt it was made with, or search again on this data"
+
+
+def _describe(fp: dict) -> str:
+    parts = [
+        f"dataset {fp['dataset']}" if fp.get("dataset") else None,
+        f"split seed {fp['split_seed']}" if fp.get("split_seed") is not None else None,
+        f"a pool of {fp['pool_size']} examples" if fp.get("pool_size") is not None else None,
+        f"pool fingerprint {str(fp['pool_sha256'])[:12]}" if fp.get("pool_sha256") else None,
+    ]
+    return ", ".join(p for p in parts if p) or "unknown data"
+
+
+def check_made_for(meta: dict, here: dict, *, source: str) -> None:
+    """``ValueError`` naming the fix unless the forget-set file ``source`` (JSON object ``meta``) was made for
+    the data ``here`` describes (a `data_fingerprint`, possibly partial): every key both know must agree.
+    Positions in a pool mean other examples under another dataset, split seed or data option."""
+    want = made_for(meta)
+
+    def differs(key: str) -> bool:
+        a, b = want.get(key), here.get(key)
+        return a is not None and b is not None and str(a) != str(b)
+
+    if differs("dataset"):
+        raise ValueError(
+            f"forget indices file {source} was made for dataset {want['dataset']}, not {here['dataset']}: "
+            f"pass --dataset {want['dataset']} (positions mean different examples in another dataset)"
+        )
+    if differs("split_seed"):
+        made = want["split_seed"]
+        raise ValueError(
+            f"forget indices file {source} holds positions in the pool of split seed {made}, not "
+            f"{here['split_seed']}: pass --seed {made} (positions mean other examples under another split)"
+        )
+    if differs("pool_size") or differs("pool_sha256"):
+        what = (
+            f"has {here['pool_size']} examples"
+            if differs("pool_size")
+            else f"holds other examples (fingerprint {str(here['pool_sha256'])[:12]})"
+        )
+        raise ValueError(
+            f"forget indices file {source} was made for {_describe(want)}, but this pool {what}, so its "
+            f"positions would name other examples: {_fix(want)}"
+        )
 
 
 def indices_metadata(path: str | os.PathLike) -> dict:
@@ -180,27 +255,37 @@ def load_indices(path: str | os.PathLike) -> Tensor:
             f"forget indices file {str(path)!r} does not exist: pass indices:PATH to a file"
         )
     suffix = path.suffix.lower()
+    if suffix not in (".json", ".npy", ".pt", ".txt"):
+        raise ValueError(f"forget indices file {path} must end in .json, .npy, .pt or .txt")
     try:
         if suffix == ".json":
             raw = json.loads(path.read_text())
-            if isinstance(raw, dict):
-                if "indices" not in raw:
-                    raise ValueError(
-                        f"{path}: a JSON object needs the key 'indices' holding a list of positions"
-                    )
-                raw = raw["indices"]
-            values = np.asarray(raw)
         elif suffix == ".npy":
             values = np.load(path, allow_pickle=False)
         elif suffix == ".pt":
             values = torch.load(path, map_location="cpu", weights_only=True)
             values = values.numpy() if isinstance(values, Tensor) else np.asarray(values)
-        elif suffix == ".txt":
-            values = np.asarray([int(t) for t in path.read_text().replace(",", " ").split()])
         else:
-            raise ValueError(f"forget indices file {path} must end in .json, .npy, .pt or .txt")
-    except (json.JSONDecodeError, UnicodeDecodeError, pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(f"cannot read forget indices from {path}: {err}") from None
+            values = np.asarray([int(t) for t in path.read_text().replace(",", " ").split()])
+    except (ValueError, OSError, UnicodeDecodeError, pickle.UnpicklingError, RuntimeError) as err:
+        # json.JSONDecodeError is a ValueError; so are a .txt word and a .npy of pickled objects
+        message = " ".join(str(err).split())
+        raise ValueError(
+            f"forget indices file {path} is not an indices file ({message}): pass a worst-case search "
+            "result (worst_case.json) or a list of pool positions"
+        ) from None
+    if suffix == ".json":
+        if isinstance(raw, dict):
+            if "indices" not in raw:
+                raise ValueError(
+                    f"forget indices file {path} is not a search result or indices file: a JSON object "
+                    "needs the key 'indices' holding a list of positions (worstforget search writes one)"
+                )
+            raw = raw["indices"]
+        try:
+            values = np.asarray(raw)
+        except ValueError as err:
+            raise ValueError(f"{path}: forget indices must be a 1-D list of integers ({err})") from None
     values = np.asarray(values)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"{path}: forget indices must be a non-empty 1-D list of integers")

@@ -44,7 +44,7 @@ from bilevel import CappedSimplex, optim, top_k
 from .data_types import ArrayData, Task
 from .methods.base import NoLowerLevelError
 from .rng import seeded
-from .splits import forget_indices
+from .splits import check_made_for, data_fingerprint, forget_indices
 
 __all__ = ["HYPERGRADS", "SearchResult", "search", "build_problem", "make_solver", "resolve_budget"]
 
@@ -58,6 +58,10 @@ DEFAULT_UPPER_LR = 30.0
 #: class-wise, a class's mean loss after the whole class left the retain set is large (≈ 10 on digits), and
 #: steps of 30 jump between vertices of the simplex; 1.0 lets the weights settle.
 DEFAULT_UPPER_LR_CLASSWISE = 1.0
+#: implicit mode: the proximal weight ρ of the lower level g(θ, w) + (ρ/2)‖θ − θ_o‖², and the relative CG
+#: residual at which the linear solve stops (docs/worst_case.md, "Implicit").
+DEFAULT_PROXIMAL = 1.0
+DEFAULT_CG_TOL = 1e-4
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -69,9 +73,12 @@ class SearchResult:
     selected classes). ``weights``: the final continuous w (length N, or one per class). ``classes``: the
     selected classes (class-wise only). ``initial_indices``: the random start set, of the same size (the
     "random forget set" to compare with). ``history``: one dict per upper step (``objective`` F(w_k),
-    ``forget_loss`` Σ w_i ℓ_i, ``weight_sum`` Σw after the step, ``changed`` entries that left the top-m,
-    ``overlap_final`` |top-m(w_k) ∩ final| / m, ``binarized``, ``seconds``, solver diagnostics).
-    ``objective`` holds F at the initial set and at the final binary set.
+    ``forget_loss`` Σ w_i ℓ_i, ``weight_sum`` Σw after the step, ``changed`` entries that entered the top-m,
+    ``overlap_previous`` |top-m(w_k) ∩ top-m(w_{k−1})| / m (step 1: against the start set),
+    ``overlap_final`` |top-m(w_k) ∩ final| / m, ``binarized``, ``seconds``, solver diagnostics: implicit
+    mode adds ``iterations``, ``residual``, ``hvp_count``, ``warm_started``).
+    ``objective`` holds F at the initial set and at the final binary set. ``fingerprint``: the data the
+    positions index (`unlearning.splits.data_fingerprint`: dataset, split seed, pool size, pool SHA-256).
     """
 
     indices: Tensor
@@ -82,16 +89,32 @@ class SearchResult:
     objective: dict[str, float] = field(default_factory=dict)
     classes: Tensor | None = None
     seconds: float = 0.0
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def totals(self) -> dict[str, int]:
+        """Work summed over the upper steps: ``upper_steps``, ``hvp`` (Hessian-vector products, implicit mode)
+        and ``cg_iterations``."""
+        return {
+            "upper_steps": len(self.history),
+            "hvp": sum(int(h.get("hvp_count") or 0) for h in self.history),
+            "cg_iterations": sum(int(h.get("iterations") or 0) for h in self.history),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"indices": [...], ...}`` (`unlearning.splits.load_indices` reads ``indices``)."""
+        """JSON-ready: ``{"indices": [...], "weights", "budget", "method", "mode", "fingerprint", "config",
+        "history", ...}`` (`unlearning.splits.load_indices` reads ``indices``)."""
         return {
             "indices": [int(i) for i in self.indices.tolist()],
             "size": int(self.indices.numel()),
             "classes": None if self.classes is None else [int(c) for c in self.classes.tolist()],
+            "budget": self.config.get("budget"),
+            "method": self.config.get("method"),
+            "mode": self.config.get("hypergrad"),
+            "fingerprint": _jsonable(self.fingerprint),
             "initial_indices": [int(i) for i in self.initial_indices.tolist()],
             "objective": {k: float(v) for k, v in self.objective.items()},
             "seconds": float(self.seconds),
+            "totals": self.totals(),
             "config": self.config,
             "history": [_jsonable(h) for h in self.history],
             "weights": [float(x) for x in self.weights.detach().cpu().double().tolist()],
@@ -104,11 +127,31 @@ class SearchResult:
         return write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> SearchResult:
-        """Read a result written by `save`."""
+    def load(cls, path: str | Path, expect: Any = None) -> SearchResult:
+        """Read a result written by `save`. ``expect`` (a `unlearning.setup.Prepared`, or a dict like
+        `unlearning.splits.data_fingerprint`'s) is the data it will be used on: a result made for another
+        dataset, split seed or pool is a ``ValueError`` naming the fix. A missing file is
+        ``FileNotFoundError``; a file that is not a search result is ``ValueError``."""
         import json
 
-        raw = json.loads(Path(path).read_text())
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"search result {str(path)!r} does not exist: pass the worst_case.json "
+                "that worstforget search --out wrote (or SearchResult.save)"
+            )
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a search result: not JSON ({err})") from None
+        missing = [k for k in ("indices", "weights", "config") if not isinstance(raw, dict) or k not in raw]
+        if missing:
+            raise ValueError(
+                f"{path} is not a search result (no {', '.join(missing)}): pass the worst_case.json that "
+                "worstforget search --out wrote (or SearchResult.save)"
+            )
+        if expect is not None:
+            check_made_for(raw, _expected_data(expect), source=str(path))
         return cls(
             indices=torch.tensor(raw["indices"], dtype=torch.int64),
             weights=torch.tensor(raw["weights"], dtype=torch.float64),
@@ -118,7 +161,20 @@ class SearchResult:
             objective=raw.get("objective", {}),
             classes=None if raw.get("classes") is None else torch.tensor(raw["classes"], dtype=torch.int64),
             seconds=float(raw.get("seconds", 0.0)),
+            fingerprint=raw.get("fingerprint") or {},
         )
+
+
+def _expected_data(expect: Any) -> dict[str, Any]:
+    """A `data_fingerprint` from a `Prepared` (its dataset, split seed and pool) or a mapping of one."""
+    if isinstance(expect, dict):
+        return expect
+    if hasattr(expect, "task") and hasattr(expect, "seed"):
+        name = getattr(getattr(expect, "dataset", None), "name", None)
+        return data_fingerprint(expect.task.pool, dataset=name, split_seed=expect.seed)
+    raise TypeError(
+        f"expect must be a prepared experiment or a data fingerprint dict, got {type(expect).__name__}"
+    )
 
 
 def _jsonable(x: Any) -> Any:
@@ -198,6 +254,8 @@ def build_problem(
     classwise: bool = False,
     num_classes: int | None = None,
     differentiable: bool = True,
+    proximal: float = 0.0,
+    anchor: dict[str, Tensor] | None = None,
 ) -> bilevel.BilevelProblem:
     """The worst-case `bilevel.BilevelProblem` over inner θ (a dict like ``bound.initial_state()[0]``) and
     outer ``{"w": w}``.
@@ -207,7 +265,17 @@ def build_problem(
     outer_loss(θ, {w}) = s·Σ_i w_i ℓ_i(θ) + γ‖w‖² (data-wise) or s·Σ_c w_c·mean_{y_i=c} ℓ_i(θ) + γ‖w‖²
     (class-wise), s = −1 when ``reverse`` else 1. ``differentiable=False`` evaluates ℓ without a graph in
     θ (enough for the first-order rule, which only needs ∂F/∂w; saves the memory of a pool-sized graph).
+
+    ``proximal`` ρ > 0 adds (ρ/2)‖θ − θ_a‖² to the inner loss, θ_a = ``anchor`` (the lower level's start,
+    θ_o): its Hessian is then H + ρI, positive definite wherever λ_min(H) > −ρ (near θ_o, where the original
+    model fits the pool and H is nearly positive semi-definite), so θ*(w) is locally unique and the
+    implicit-function theorem and CG apply.
     """
+    _positive(proximal, "proximal", allow_zero=True)
+    if proximal and anchor is None:
+        raise ValueError("proximal > 0 needs anchor, the weights θ_o the lower level is held near")
+    rho = float(proximal)
+    anchor = None if not rho else {k: v.detach() for k, v in anchor.items()}
     x_all, y_all = pool.x, pool.y
     n = len(pool)
     full = (x_all, y_all, torch.arange(n, device=x_all.device))
@@ -224,7 +292,11 @@ def build_problem(
         return w[y_all] if classwise else w
 
     def inner_loss(theta: dict, outer: dict, batch: Any) -> Tensor:
-        return bound.lower_loss(theta, buffers, full if batch is None else batch, weights_of(outer["w"]))
+        value = bound.lower_loss(theta, buffers, full if batch is None else batch, weights_of(outer["w"]))
+        if anchor is None:
+            return value
+        prox = sum(((theta[k] - anchor[k]) ** 2).sum() for k in theta)
+        return value + 0.5 * rho * prox.to(value.dtype)
 
     def outer_loss(theta: dict, outer: dict, batch: Any) -> Tensor:
         w = outer["w"]
@@ -251,16 +323,45 @@ def make_solver(
     inner_lr: float,
     damping: float = 0.1,
     cg_iters: int = 10,
+    cg_tol: float = DEFAULT_CG_TOL,
+    warm_start: bool = True,
 ) -> Any:
-    """The `bilevel` solver of each ``hypergrad`` choice (see the module docstring)."""
+    """The `bilevel` solver of each ``hypergrad`` choice (see the module docstring).
+
+    Implicit: CG on (H + δI)v = ∂_θ F (δ = ``damping``) for at most ``cg_iters`` iterations, to a relative
+    residual ``cg_tol``, started from the previous call's v when ``warm_start`` (the other modes have no
+    linear solve, and ignore it)."""
     if hypergrad == "first_order":
         return bilevel.FirstOrder(optim.SignSGD(lr=inner_lr), steps=inner_steps, mode="partial")
     if hypergrad == "unrolled":
         return bilevel.Unrolled(optim.SGD(lr=inner_lr), steps=inner_steps)
     if hypergrad == "implicit":
-        cg = bilevel.CG(max_iter=cg_iters, tol=1e-6, damping=damping, on_indefinite="warn")
-        return bilevel.Implicit(optim.SGD(lr=inner_lr), steps=inner_steps, linear_solver=cg)
+        cg = bilevel.CG(max_iter=cg_iters, tol=cg_tol, damping=damping, on_indefinite="warn")
+        return bilevel.Implicit(
+            optim.SGD(lr=inner_lr), steps=inner_steps, linear_solver=cg, warm_start=bool(warm_start)
+        )
     raise ValueError(f"hypergrad must be one of {', '.join(HYPERGRADS)}, got {hypergrad!r}")
+
+
+class _CarryWarmStart:
+    """``solver`` whose ``reset`` is a no-op: `bilevel.minimize` resets a solver at the start of every run,
+    and the search runs one per binarisation segment; this keeps the implicit solver's warm-start v across
+    them (the search resets it once, at its start)."""
+
+    def __init__(self, solver: Any) -> None:
+        self.solver = solver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["solver"], name)
+
+    def __repr__(self) -> str:
+        return repr(self.solver)
+
+    def hypergrad(self, *args: Any, **kwargs: Any) -> Any:
+        return self.solver.hypergrad(*args, **kwargs)
+
+    def reset(self) -> None:
+        """Kept on purpose: the warm start carries across segments."""
 
 
 class PoolBatches:
@@ -361,8 +462,11 @@ def search(
     batch_size: int | None = None,
     augment: bool = False,
     hparams: dict[str, Any] | None = None,
-    damping: float = 0.1,
+    proximal: float | None = None,
+    warm_start: bool = True,
+    damping: float | None = None,
     cg_iters: int = 10,
+    cg_tol: float = DEFAULT_CG_TOL,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: Any = None,
@@ -376,7 +480,12 @@ def search(
 
     ``budget``: the forget-set size m (fraction of the pool in (0, 1) or a count; class-wise: of the classes).
     ``hypergrad``: ``"first_order"`` (signSGD lower level, the paper's rule), ``"unrolled"`` or
-    ``"implicit"`` (SGD lower level; ``damping`` δ and ``cg_iters`` for CG). ``inner_steps`` K and
+    ``"implicit"`` (SGD lower level). ``proximal`` ρ adds (ρ/2)‖θ − θ_o‖² to the lower level (default:
+    `DEFAULT_PROXIMAL` for implicit, which needs H + ρI ≻ 0 for its linear solve; 0 otherwise). Implicit
+    solves (H + ρI + δI)v = ∂_θ F by CG (``damping`` δ, default 0 with ρ > 0, else 0.1; at most
+    ``cg_iters`` iterations, relative residual ``cg_tol``); ``warm_start`` starts each solve from the
+    previous upper step's v. The lower level itself restarts from θ_o at every upper step in every mode, so
+    F(w) depends on w alone (the paper's procedure). ``inner_steps`` K and
     ``inner_lr`` (default 1e-2 for signSGD, the method's ``lr`` or 0.05 for SGD); ``upper_steps`` and
     ``upper_lr`` (default 30, class-wise 1) of projected gradient descent on w; ``gamma`` γ;
     ``binarize_every`` (None: never). ``keep_best``: return the binary set with the lowest F among those
@@ -395,8 +504,16 @@ def search(
     _positive(upper_steps, "upper_steps", integer=True)
     _positive(inner_steps, "inner_steps", integer=True)
     _positive(gamma, "gamma", allow_zero=True)
+    if proximal is None:
+        proximal = DEFAULT_PROXIMAL if hypergrad == "implicit" else 0.0
+    _positive(proximal, "proximal", allow_zero=True)
+    if damping is None:
+        damping = 0.0 if proximal > 0 else 0.1
     _positive(damping, "damping", allow_zero=True)
     _positive(cg_iters, "cg_iters", integer=True)
+    _positive(cg_tol, "cg_tol", allow_zero=True)
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
     if inner_lr is not None:
         _positive(inner_lr, "inner_lr")
     if upper_lr is not None:
@@ -469,10 +586,20 @@ def search(
         classwise=classwise,
         num_classes=num_classes,
         differentiable=hypergrad != "first_order",
+        proximal=float(proximal),
+        anchor=theta0,
     )
     solver = make_solver(
-        hypergrad, inner_steps=inner_steps, inner_lr=float(inner_lr), damping=damping, cg_iters=cg_iters
+        hypergrad,
+        inner_steps=inner_steps,
+        inner_lr=float(inner_lr),
+        damping=float(damping),
+        cg_iters=cg_iters,
+        cg_tol=float(cg_tol),
+        warm_start=warm_start,
     )
+    if hypergrad == "implicit":
+        solver = _CarryWarmStart(solver)  # v carries across binarisation segments (a fresh solver here)
     constraint = CappedSimplex(m)
     w = torch.zeros(size, dtype=torch.float64, device=dev)
     w[start_classes.to(dev) if classwise else start.to(dev)] = 1.0
@@ -503,6 +630,7 @@ def search(
                 "forget_loss": (objective - reg) * (-1.0 if reverse else 1.0),
                 "weight_sum": float(new.sum()),
                 "changed": int((top & ~state["top"]).sum()),
+                "overlap_previous": float((top & state["top"]).sum()) / m,
                 "grad_norm": float(hg.grad["w"].norm()),
                 "inner_loss": hg.info.get("inner_loss"),
                 "inner_grad_norm": hg.info.get("inner_grad_norm"),
@@ -510,7 +638,7 @@ def search(
                 "seconds": now - state["t"],
                 "binarized": False,
             }
-            for key in ("residual", "iterations", "hvp_count", "indefinite"):
+            for key in ("residual", "iterations", "hvp_count", "indefinite", "warm_started"):
                 if key in hg.info and hg.info[key] is not None:
                     entry[key] = hg.info[key]
             history.append(entry)
@@ -591,8 +719,11 @@ def search(
         "keep_best": bool(keep_best),
         "batch_size": batch_size,
         "augment": bool(augment),
+        "proximal": float(proximal),
+        "warm_start": bool(warm_start) if hypergrad == "implicit" else None,
         "damping": float(damping) if hypergrad == "implicit" else None,
         "cg_iters": int(cg_iters) if hypergrad == "implicit" else None,
+        "cg_tol": float(cg_tol) if hypergrad == "implicit" else None,
         "seed": int(seed),
         "device": str(dev),
     }
@@ -605,6 +736,7 @@ def search(
         objective={"initial": history[0]["objective"], "final": objective_final, "last": objective_last},
         classes=chosen_classes,
         seconds=time.perf_counter() - started,
+        fingerprint=data_fingerprint(pool, dataset=about.get("dataset"), split_seed=about.get("split_seed")),
     )
 
 

@@ -62,7 +62,7 @@ def test_search_classwise_reverse_without_comparison(tmp_path, capsys, digits_ra
     out_dir = tmp_path / "cw"
     code, out, err = run_cli(
         capsys,
-        "search", "--classwise", "--reverse", "--budget", "1", "--upper-steps", "2", "--inner-steps", "2",
+        "search", "--classwise", "--reverse", "--budget", "1", "--upper-steps", "2", "--lower-steps", "2",
         "--no-compare", "--out", str(out_dir),
     )  # fmt: skip
     assert code == 0, err
@@ -118,7 +118,7 @@ def test_search_results_carry_their_split_and_class_into_unlearn(tmp_path, capsy
         "1",
         "--upper-steps",
         "2",
-        "--inner-steps",
+        "--lower-steps",
         "2",
         "--no-compare",
     ]

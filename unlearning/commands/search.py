@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_experiment, parse_opts
+from unlearning.commands import CLIError, check_at_least_one, check_experiment
 
 DESCRIPTION = """Find the forget set an unlearning method handles worst, by bi-level optimisation.
 
@@ -23,12 +23,15 @@ Upper level: forget weights w in [0,1]^N over the training pool with sum w = m (
 F(w) = sum_i w_i loss_i(theta(w)) + gamma |w|^2: the forget loss left after the method has unlearned w, i.e.
 the points the method fails to forget. Lower level: the method's own weighted objective, run from the original
 model (a fresh init for retrain). The hypergradient is the paper's first-order signSGD rule (default), or
-unrolled / implicit differentiation through an SGD lower level. The final set is the top-m of w; --reverse
-finds the best case (the easiest set to forget) instead, --classwise searches over whole classes.
+unrolled / implicit differentiation through an SGD lower level (implicit: the lower level is proximal,
+g + rho/2 |theta - theta_o|^2, --proximal, and CG starts from the previous step's solution). The final set is
+the top-m of w; --reverse finds the best case (the easiest set to forget) instead, --classwise searches over
+whole classes.
 
 The method is then run on the found set and on a random set of the same size (the search's start), and their
-forget losses and UA are compared. The set is saved as OUT/worst_case.json, which
-`worstforget unlearn --forget indices:OUT/worst_case.json` reads.
+forget losses and UA are compared. The set is saved as OUT/worst_case.json (with the dataset, split seed and a
+fingerprint of the pool, so it is refused on other data), which
+`worstforget unlearn --forget indices:OUT/worst_case.json` and `worstforget evaluate` read.
 
 Example: worstforget search --dataset digits --model mlp --method ft --budget 0.1 --seed 0 --out runs/wc"""
 
@@ -41,19 +44,21 @@ def _budget(text: str) -> float | int:
             f"expected a fraction in (0, 1) or a whole number of examples, got {text!r}"
         ) from None
     if value >= 1:
-        if not value.is_integer():
+        try:
+            return int(text)
+        except ValueError:
             raise argparse.ArgumentTypeError(
-                f"a budget >= 1 is a number of examples (or classes) and must be whole, got {text!r}"
-            )
-        return int(value)
+                f"a fraction must be below 1 ({text!r} would select the whole pool); a count of examples "
+                f"(or classes) is a whole number such as 130, got {text!r}"
+            ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) or a count >= 1, got {text!r}")
     return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from unlearning import datasets, models
-    from unlearning.worst_case import HYPERGRADS
+    from unlearning.commands.unlearn import add_experiment_arguments
+    from unlearning.worst_case import DEFAULT_PROXIMAL, HYPERGRADS
 
     p = subparsers.add_parser(
         "search",
@@ -64,10 +69,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--method", default="ft", help="unlearning method (default: ft; see unlearn --list-methods)"
     )
-    p.add_argument(
-        "--dataset", default="digits", help=f"one of {', '.join(datasets.NAMES)} (default: digits)"
-    )
-    p.add_argument("--model", default="mlp", help=f"one of {', '.join(models.NAMES)} (default: mlp)")
     p.add_argument(
         "--budget",
         type=_budget,
@@ -84,10 +85,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--upper-steps", type=int, default=20, help="upper-level steps (default: 20)")
     p.add_argument(
-        "--inner-steps", type=int, default=10, help="lower-level steps per upper step (default: 10)"
+        "--lower-steps",
+        type=int,
+        default=10,
+        help="lower-level steps K per upper step, from the original model (default: 10)",
     )
     p.add_argument(
         "--inner-lr", type=float, help="lower-level step (default: 1e-2 signSGD, the method's lr for SGD)"
+    )
+    p.add_argument(
+        "--proximal",
+        type=float,
+        help="rho of the proximal lower level g(theta, w) + rho/2 |theta - theta_o|^2 (default: "
+        f"{DEFAULT_PROXIMAL:g} for --hypergrad implicit, whose CG solve needs H + rho I > 0; 0 otherwise)",
+    )
+    p.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="implicit: start each CG solve from 0, not from the previous upper step's solution",
     )
     p.add_argument("--upper-lr", type=float, help="upper-level step on w (default: 30; --classwise: 1)")
     p.add_argument("--gamma", type=float, default=0.0, help="upper regulariser gamma |w|^2 (default: 0)")
@@ -104,45 +119,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--reverse", action="store_true", help="the best case: the set easiest to forget")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the search")
     p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
-    p.add_argument(
-        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
-    )
-    p.add_argument("--no-cache", action="store_true", help="train the original model afresh")
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyper-parameter (repeatable)")
-    p.add_argument(
-        "--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. n=500, limit=5000"
-    )
-    p.add_argument(
-        "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,128]"
-    )
     p.add_argument("--no-compare", action="store_true", help="skip running the method on the two sets")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_experiment_arguments(p)
     p.set_defaults(func=run)
     return p
 
 
 def _check(args: argparse.Namespace) -> None:
     check_experiment(args)
-    check_at_least_one(args, "upper_steps", "inner_steps", "batch_size", "threads")
+    check_at_least_one(args, "upper_steps", "lower_steps", "batch_size", "threads")
     if args.binarize_every < 0:
         raise CLIError(f"argument --binarize-every: must be >= 0 (0 = never), got {args.binarize_every}")
     for flag in ("inner_lr", "upper_lr"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise CLIError(f"argument --{flag.replace('_', '-')}: must be > 0, got {value}")
-    if not args.gamma >= 0:
-        raise CLIError(f"argument --gamma: must be >= 0, got {args.gamma}")
+    for flag in ("gamma", "proximal"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value < float("inf"):
+            raise CLIError(f"argument --{flag}: must be a finite number >= 0, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from unlearning.commands.unlearn import _flag_for, method_hparams
+    from unlearning.commands.unlearn import method_hparams, prepare_from_args
     from unlearning.io import write_json, write_text
     from unlearning.methods import make
-    from unlearning.setup import prepare
     from unlearning.worst_case import resolve_budget, search
 
     _check(args)
@@ -150,25 +154,7 @@ def run(args: argparse.Namespace) -> int:
     method_hparams(mh)  # unknown method / hyper-parameter: fail before training
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        prepared = prepare(
-            args.dataset.lower(),
-            args.model.lower(),
-            "random:0.1",
-            seed=args.seed,
-            device=args.device,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir,
-            model_opts=parse_opts(args.model_opt, "--model-opt"),
-            dataset_opts=parse_opts(args.data_opt, "--data-opt"),
-            use_cache=not args.no_cache,
-        )
-    except FileNotFoundError as err:
-        raise CLIError(f"argument --data-dir: {err}") from None
-    except TypeError as err:
-        raise CLIError(f"argument --data-opt: {err}") from None
-    except ValueError as err:
-        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
+    prepared = prepare_from_args(args, "random:0.1")
     task = prepared.task
     n_units = len(set(task.pool.y.tolist())) if args.classwise else len(task.pool)
     try:
@@ -190,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
             budget=args.budget,
             hypergrad=args.hypergrad,
             upper_steps=args.upper_steps,
-            inner_steps=args.inner_steps,
+            inner_steps=args.lower_steps,
             inner_lr=args.inner_lr,
+            proximal=args.proximal,
+            warm_start=not args.no_warm_start,
             upper_lr=args.upper_lr,
             gamma=args.gamma,
             binarize_every=args.binarize_every or None,
@@ -287,6 +275,11 @@ def _rows(report: dict) -> list[tuple[str, str, str]]:
             (f"UA after {c['method']} (%)", f"{f['UA_after']:.2f}", f"{r['UA_after']:.2f}"),
         ]
     per_step = sorted(e["seconds"] for e in h)[len(h) // 2]
+    totals = report.get("totals") or {}
+    if totals.get("hvp"):
+        rows.append(
+            ("Hessian-vector products (CG iterations)", f"{totals['hvp']} ({totals['cg_iterations']})", "")
+        )
     rows += [
         ("search seconds (median per upper step)", f"{report['seconds']:.2f} ({per_step:.3f})", ""),
         ("overlap with the random start", f"{_overlap(report):.0%}", ""),
@@ -315,6 +308,15 @@ def _overlap(report: dict) -> float:
     return len(a & b) / max(1, len(a))
 
 
+def _implicit_settings(config: dict) -> str:
+    if config.get("hypergrad") != "implicit":
+        return ""
+    return (
+        f"; proximal rho {config.get('proximal', 0.0):g}, CG <= {config.get('cg_iters')} iterations to "
+        f"{config.get('cg_tol', 0.0):g}, warm start {'on' if config.get('warm_start') else 'off'}"
+    )
+
+
 def markdown(report: dict) -> str:
     c = report["config"]
     unit = "classes" if c["classwise"] else "examples"
@@ -324,7 +326,8 @@ def markdown(report: dict) -> str:
         f"Budget m = {c['size']} {unit} of {c['pool_size'] if not c['classwise'] else 'the classes'} "
         f"(|D_f| = {report['size']}); hypergradient `{c['hypergrad']}` ({c['solver']}); "
         f"{c['upper_steps']} upper steps (lr {c['upper_lr']:g}) x {c['inner_steps']} lower steps "
-        f"(lr {c['inner_lr']:g}); gamma {c['gamma']:g}; binarise every {c['binarize_every']}.",
+        f"(lr {c['inner_lr']:g}); gamma {c['gamma']:g}; binarise every {c['binarize_every']}"
+        f"{_implicit_settings(c)}.",
         "",
         f"| quantity | {_label(report)} set | random set (search start) |",
         "|---|---:|---:|",
@@ -336,11 +339,13 @@ def markdown(report: dict) -> str:
     if _note(report):
         lines += [f"**{_note(report)}**", ""]
     flags = " --classwise" * c["classwise"] + " --reverse" * c["reverse"]
+    flags += f" --proximal {c.get('proximal', 0.0):g}" if c.get("proximal") else ""
+    flags += " --no-warm-start" if c.get("warm_start") is False else ""
     lines += [
         "Reproduce: `worstforget search "
         f"--dataset {c.get('dataset', 'digits')} --model {c.get('model', 'mlp')} --method {c['method']} "
         f"--budget {c['budget']} --hypergrad {c['hypergrad']} --upper-steps {c['upper_steps']} "
-        f"--inner-steps {c['inner_steps']} --upper-lr {c['upper_lr']:g} --inner-lr {c['inner_lr']:g} "
+        f"--lower-steps {c['inner_steps']} --upper-lr {c['upper_lr']:g} --inner-lr {c['inner_lr']:g} "
         f"--gamma {c['gamma']:g} --binarize-every {c['binarize_every'] or 0} --seed {c['seed']}{flags}`",
         "",
     ]

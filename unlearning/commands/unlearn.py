@@ -35,8 +35,6 @@ Example: worstforget unlearn --method salun --forget class:3 --out runs/salun"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from unlearning import datasets, models
-
     p = subparsers.add_parser(
         "unlearn",
         help="run one unlearning method and compare it with Retrain",
@@ -45,20 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--method", help="unlearning method (see --list-methods), e.g. salun, ft, ga, rl")
     p.add_argument(
-        "--dataset", default="digits", help=f"one of {', '.join(datasets.NAMES)} (default: digits)"
-    )
-    p.add_argument("--model", default="mlp", help=f"one of {', '.join(models.NAMES)} (default: mlp)")
-    p.add_argument(
         "--forget", default="random:0.1", help="random:F, class:K or indices:FILE (default: random:0.1)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, forget set, training and method")
     p.add_argument("--out", default="runs/unlearn", help="output folder (default: runs/unlearn)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
-    p.add_argument(
-        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
-    )
-    p.add_argument("--no-cache", action="store_true", help="train the original and Retrain models afresh")
+    add_experiment_arguments(p)
     p.add_argument("--lr", type=float, help="the method's learning rate (same as --hp lr=...)")
     p.add_argument("--epochs", type=int, help="the method's epochs (same as --hp epochs=...)")
     p.add_argument(
@@ -73,6 +62,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--train-lr", type=float, help="override the training recipe's learning rate")
     p.add_argument("--batch-size", type=int, help="the unlearning batch size (default: the recipe's)")
     p.add_argument(
+        "--list-methods", action="store_true", help="list the methods and their hyper-parameters, exit"
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `prepare_from_args` reads, shared by the commands that prepare an experiment (besides
+    ``--seed`` and ``--out``, whose meaning each command states)."""
+    from unlearning import datasets, models
+
+    p.add_argument(
+        "--dataset", default="digits", help=f"one of {', '.join(datasets.NAMES)} (default: digits)"
+    )
+    p.add_argument("--model", default="mlp", help=f"one of {', '.join(models.NAMES)} (default: mlp)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--data-dir", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)")
+    p.add_argument(
+        "--cache-dir", help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="train the original (and Retrain) models afresh")
+    p.add_argument(
         "--data-opt",
         action="append",
         metavar="KEY=VALUE",
@@ -82,11 +93,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=[256,128]"
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument(
-        "--list-methods", action="store_true", help="list the methods and their hyper-parameters, exit"
-    )
-    p.set_defaults(func=run)
-    return p
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -140,20 +146,56 @@ def _make_method(args: argparse.Namespace, hp: dict[str, Any]):
         raise CLIError(f"argument {flag}: {err}") from None
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """Fail fast, before any training, on inputs that can be checked cheaply."""
+def check_forget(spec: str) -> None:
+    """``--forget`` is a well-formed spec whose file (``indices:FILE``) exists and holds positions, else a
+    `CLIError` naming it; whether the file fits the data is checked by `prepare_from_args`."""
     from unlearning import splits
 
-    check_experiment(args)
     try:
-        kind, value = splits.parse_spec(args.forget)
+        kind, value = splits.parse_spec(spec)
         if kind == "random":
-            splits.forget_indices(args.forget, _Sized(10**6), 0)  # validates the fraction only
+            splits.forget_indices(spec, _Sized(10**6), 0)  # validates the fraction only
         elif kind == "indices":
             splits.load_indices(value)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(f"argument --forget: {err}") from None
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before any training, on inputs that can be checked cheaply."""
+    check_experiment(args)
+    check_forget(args.forget)
     check_at_least_one(args, "train_epochs", "batch_size", "threads")
+
+
+def prepare_from_args(args: argparse.Namespace, forget: str, **options: Any) -> Any:
+    """`unlearning.setup.prepare` from the shared flags (``--dataset --model --seed --device --data-dir
+    --cache-dir``, and ``--data-opt --model-opt --no-cache`` where the command has them) and ``options``
+    (``recipe``, ``batch_size``); its errors become `CLIError` s naming the flag, e.g. a forget file made
+    for another dataset or split (``--forget``)."""
+    from unlearning.setup import prepare
+
+    try:
+        return prepare(
+            args.dataset.lower(),
+            args.model.lower(),
+            forget,
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            model_opts=parse_opts(getattr(args, "model_opt", None), "--model-opt"),
+            dataset_opts=parse_opts(getattr(args, "data_opt", None), "--data-opt"),
+            use_cache=not getattr(args, "no_cache", False),
+            **options,
+        )
+    except FileNotFoundError as err:
+        flag = "--forget" if "forget indices" in str(err) else "--data-dir"
+        raise CLIError(f"argument {flag}: {err}") from None
+    except TypeError as err:  # an unknown dataset option reaches the loader's signature
+        raise CLIError(f"argument --data-opt: {err}") from None
+    except ValueError as err:
+        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
 
 
 def _flag_for(message: str) -> str:
@@ -188,7 +230,6 @@ def run(args: argparse.Namespace) -> int:
         return list_methods()
     from unlearning import metrics
     from unlearning.io import write_json, write_text
-    from unlearning.setup import prepare
     from unlearning.training import default_recipe
 
     check_inputs(args)
@@ -202,28 +243,7 @@ def run(args: argparse.Namespace) -> int:
     _make_method(args, early)  # validate names and values before training anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        prepared = prepare(
-            args.dataset.lower(),
-            args.model.lower(),
-            args.forget,
-            seed=args.seed,
-            device=args.device,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir,
-            recipe=recipe,
-            model_opts=parse_opts(args.model_opt, "--model-opt"),
-            dataset_opts=parse_opts(args.data_opt, "--data-opt"),
-            batch_size=args.batch_size,
-            use_cache=not args.no_cache,
-        )
-    except FileNotFoundError as err:
-        flag = "--data-dir" if args.dataset.lower() == "cifar10" and "CIFAR" in str(err) else "--forget"
-        raise CLIError(f"argument {flag}: {err}") from None
-    except TypeError as err:  # an unknown dataset option reaches the loader's signature
-        raise CLIError(f"argument --data-opt: {err}") from None
-    except ValueError as err:
-        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
+    prepared = prepare_from_args(args, args.forget, recipe=recipe, batch_size=args.batch_size)
     name, hp = method_hparams(args, prepared.recipe)
     method = _make_method(args, hp)
     task = prepared.task

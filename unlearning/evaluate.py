@@ -1,0 +1,113 @@
+"""Unlearning methods on one forget set, against Retrain: ``evaluate_methods(prepared, methods)``.
+
+For the task of a `unlearning.setup.Prepared` (D_f, D_r = pool ∖ D_f, D_test): Retrain (the reference,
+trained from the original's initialisation on D_r; cached), the original model θ_o, and every method run from
+θ_o (each in a block seeded by ``seed``), with the metrics UA, RA, TA, MIA-Efficacy in percent
+(`unlearning.metrics.evaluate`), run time in seconds, and
+
+    gap(method) = ¼ Σ_{M ∈ {UA, RA, TA, MIA}} |M(method) − M(Retrain)|      (`unlearning.metrics.avg_gap`)
+
+``worstforget evaluate`` is the command over it; the stress test runs it once per forget set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import metrics
+from .rng import seeded
+
+__all__ = ["COLUMNS", "build_methods", "default_methods", "evaluate_methods", "method_row"]
+
+#: The columns of every row: metrics in percent, Avg. Gap to Retrain, run time in seconds.
+COLUMNS = ("UA", "RA", "TA", "MIA", "avg_gap", "seconds")
+
+
+def default_methods() -> list[str]:
+    """Every registry method but Retrain (the reference every row is compared with)."""
+    from .methods import REGISTRY
+
+    return [name for name in REGISTRY if name != "retrain"]
+
+
+def build_methods(
+    methods: Sequence[Any], hparams: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Any]:
+    """Each spec of ``methods`` (a registry name, a `Method`, or ``"pkg.module:Attr"``;
+    `unlearning.methods.resolve`) built with ``hparams[spec]`` (keyed by the spec as given, or by the
+    method's name). ``ValueError`` for an empty list, an unresolvable spec, Retrain (the reference), repeated
+    names, or hyper-parameters for a method that is not listed."""
+    from .methods import resolve
+
+    if not methods:
+        raise ValueError("methods is empty: name at least one unlearning method (e.g. ft,rl,salun)")
+    given = {str(k).lower(): dict(v) for k, v in (hparams or {}).items()}
+    used: set[str] = set()
+    built = []
+    for spec in methods:
+        spec = spec.strip() if isinstance(spec, str) else spec
+        plain = resolve(spec)
+        keys = [k for k in (str(spec).lower(), plain.name.lower()) if k in given]
+        hp = given[keys[0]] if keys else {}
+        used.update(keys)
+        built.append(resolve(spec, **hp) if hp else plain)
+    names = [m.name for m in built]
+    if "retrain" in names:
+        raise ValueError("retrain is the reference every method is compared with: leave it out of methods")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"methods has repeated names {repeated}: list each method once")
+    unused = sorted(set(given) - used)
+    if unused:
+        raise ValueError(f"hyper-parameters given for {unused}, which are not among the methods {names}")
+    return built
+
+
+def _row(model: Any, task: Any, seconds: float, reference: Mapping[str, float] | None) -> dict[str, float]:
+    row = {k: float(v) for k, v in metrics.evaluate(model, task).items()}
+    row["avg_gap"] = 0.0 if reference is None else metrics.avg_gap(row, reference)
+    row["seconds"] = float(seconds)
+    return row
+
+
+def method_row(prepared: Any, method: Any, reference: Mapping[str, float], seed: int) -> dict[str, float]:
+    """One row: ``method`` unlearns ``prepared.task`` from θ_o in a block seeded by ``seed`` (on the
+    experiment's device); its metrics, ``avg_gap`` to the ``reference`` row (Retrain's) and ``seconds``."""
+    with seeded(int(seed), prepared.device):
+        result = method.unlearn(prepared.original, prepared.task)
+    return _row(result.model, prepared.task, result.seconds, reference)
+
+
+def evaluate_methods(
+    prepared: Any,
+    methods: Sequence[Any] | None = None,
+    hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Retrain, the original model and each of ``methods`` (default `default_methods`; see `build_methods`)
+    on ``prepared.task`` (module docstring).
+
+    Returns ``{"rows": {"original": row, "retrain": row, name: row, ...}, "methods": [names],
+    "hparams": {name: values}}``, each row holding `COLUMNS`. ``seed`` (default ``prepared.seed``) seeds each
+    method's run, so a row equals ``worstforget unlearn`` with the same seed. ``progress(message)`` is called
+    before each model is trained or run.
+    """
+    built = build_methods(default_methods() if methods is None else methods, hparams)
+    seed = int(prepared.seed if seed is None else seed)
+    say = progress or (lambda _message: None)
+    task = prepared.task
+    say("Retrain")
+    retrain_model, retrain_seconds = prepared.retrain()
+    retrain = _row(retrain_model, task, retrain_seconds, None)
+    rows = {"original": _row(prepared.original, task, prepared.original_seconds, retrain), "retrain": retrain}
+    for method in built:
+        say(method.name)
+        rows[method.name] = method_row(prepared, method, retrain, seed)
+    return {
+        "rows": rows,
+        "methods": [m.name for m in built],
+        "hparams": {m.name: dict(m.hparams()) if hasattr(m, "hparams") else {} for m in built},
+    }
