@@ -23,7 +23,8 @@ def test_search_help_has_an_example(capsys):
     code, out, _ = run_cli(capsys, "search", "--help")
     assert code == 0
     assert "Example: worstforget search" in out
-    for flag in ("--budget", "--hypergrad", "--upper-steps", "--classwise", "--reverse", "--out", "--device"):
+    flags = ("--budget", "--hypergrad", "--upper-steps", "--lower-steps", "--proximal", "--no-warm-start")
+    for flag in (*flags, "--classwise", "--reverse", "--out", "--device", "--data-opt"):
         assert flag in out
     assert "unlearning.commands.search" in cli.COMMANDS
 
@@ -79,11 +80,16 @@ def test_search_classwise_reverse_without_comparison(tmp_path, capsys, digits_ra
         (["--budget", "-0.2"], "--budget"),
         (["--budget", "abc"], "--budget"),
         (["--budget", "1295"], "--budget"),  # the whole pool
+        (["--budget", "1.0"], "--budget"),  # a fraction that selects everything
+        (["--budget", "2000"], "--budget"),  # more than the pool
         (["--budget", "10", "--classwise"], "--budget"),  # every class
         (["--method", "nope"], "--method"),
         (["--method", "iu"], "--method"),  # no lower level
         (["--hypergrad", "newton"], "--hypergrad"),
         (["--upper-steps", "0"], "--upper-steps"),
+        (["--lower-steps", "0"], "--lower-steps"),
+        (["--inner-steps", "5"], "--inner-steps"),  # renamed --lower-steps: one name only
+        (["--hypergrad", "implicit", "--proximal", "-1"], "--proximal"),
         (["--upper-lr", "-1"], "--upper-lr"),
         (["--dataset", "imagenet"], "--dataset"),
         (["--device", "tpu"], "--device"),
