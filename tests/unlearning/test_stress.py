@@ -231,6 +231,7 @@ def test_duplicate_names_are_refused():
         (["--hp", "ga.lr=1", "--methods", "rl"], "--hp"),
         (["--hp", "rl.lr=-1", "--methods", "rl"], "--hp"),
         (["--device", "cuda:7"], "--device"),
+        (["--threads", "0"], "--threads"),
         (["--dataset", "imagenet"], "--dataset"),
     ],
 )

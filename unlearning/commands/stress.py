@@ -111,6 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="output folder; rerunning with the same options resumes there (default: runs/stress)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument(
         "--data-dir", metavar="DIR", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)"
     )
@@ -171,14 +172,19 @@ FLAGS = {"method_hparams": "--hp"}
 
 def run(args: argparse.Namespace) -> int:
     from unlearning import stress
-    from unlearning.commands import check_experiment
+    from unlearning.commands import check_at_least_one, check_experiment
     from unlearning.loop import progress_bar
 
     check_experiment(args)
+    check_at_least_one(args, "threads")
     seeds = _seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     names = [m.lower() for m in methods if ":" not in m]
     hparams = _hparams(args.hp, names)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     bar = progress_bar()
     task = None
 
