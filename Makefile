@@ -23,8 +23,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only \
+	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results.json $(ARGS)
+	$(BIN)/python -m benchmarks.accuracy_cost --out docs/ --device cpu
 	$(BIN)/python -m benchmarks.report benchmarks/results.json docs/benchmarks.md
 
 lint: $(STAMP)

@@ -41,13 +41,29 @@ class RaceResult:
         }
 
 
-def race(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device, warmup: int = 1) -> RaceResult:
-    """Run each function ``warmup`` times (untimed), then ``rounds`` interleaved timed rounds."""
+def race(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    device: torch.device,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    min_rounds: int = 3,
+) -> RaceResult:
+    """Run each function ``warmup`` times (untimed), then ``rounds`` interleaved timed rounds.
+
+    ``budget_s``: cap the rounds so that the timed part takes about that long, judged from the last warm-up
+    round (never fewer than ``min_rounds``): large workloads get fewer rounds instead of minutes each.
+    """
     names = list(fns)
+    start = time.perf_counter()
     for _ in range(warmup):
+        start = time.perf_counter()
         for name in names:
             fns[name]()
     synchronize(device)
+    if budget_s is not None and warmup:
+        per_round = max(time.perf_counter() - start, 1e-9)
+        rounds = max(min(rounds, min_rounds), min(rounds, int(budget_s / per_round)))
     result = RaceResult({name: [] for name in names})
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no contestant always goes first

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from . import report_extra
+
 NOTES_BEGIN, NOTES_END = "<!-- notes:begin -->", "<!-- notes:end -->"
 DEFAULT_NOTES = "(Hand-written reading of the tables goes here; `benchmarks.report` keeps this block.)"
 MB = 1024 * 1024
@@ -33,12 +35,14 @@ def load(path: str | Path) -> dict[str, Any]:
     return data
 
 
-GROUP_ORDER = ("unrolled", "implicit", "learned")  # workloads 1, 2, 3; any other group after them
+GROUP_ORDER = ("unrolled:", "unrolled large", "implicit", "learned", "ridge", "weighted")
 
 
 def groups(data: dict[str, Any]) -> OrderedDict[str, list[dict[str, Any]]]:
     out: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     for bench in data["benchmarks"]:
+        if bench.get("extra_info", {}).get("kind"):  # sweeps, targets, search, RTE: see report_extra
+            continue
         out.setdefault(bench.get("group") or "(no group)", []).append(bench)
 
     def rank(group: str) -> int:
@@ -104,21 +108,34 @@ def timing_table(benches: list[dict[str, Any]]) -> list[str]:
     ref = reference_of(benches)
     by_name = {name_of(b): b for b in benches}
     ref_median = by_name[ref]["stats"]["median"] if ref in by_name else None
-    out = [
+    closed = any("rel_error_closed_form" in b.get("extra_info", {}) for b in benches)
+    first = benches[0].get("extra_info", {}) if benches else {}
+    fullname = benches[0].get("fullname", "") if benches else ""
+    out = []
+    if first.get("workload"):
+        out += [f"Workload: {first['workload']}.", ""]
+    if fullname:
+        out += [
+            f"Reproduce: `pytest {fullname.split('::')[0]} --benchmark-enable --benchmark-only "
+            "--benchmark-json=r.json` (then `python -m benchmarks.report r.json docs/benchmarks.md`).",
+            "",
+        ]
+    out += [
         f"Ratios are **time ÷ time of `{ref}`** (above 1: slower than ours). *Interleaved* = all "
         "contestants run round-robin in one loop, ratio = median over rounds of the per-round ratio (same "
         "load for both); *sequential* = pytest-benchmark's rounds, one contestant after another.",
         "",
         "| contestant | role | median ms | IQR ms | rounds | interleaved median ms (rounds) "
-        "| × ours, interleaved | × ours, sequential | rel. diff to reference f32 / f64 |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+        "| × ours, interleaved | × ours, sequential | rel. diff to reference f32 / f64 |"
+        + (" rel. error vs closed form |" if closed else ""),
+        "|---|---|--:|--:|--:|--:|--:|--:|---|" + ("--:|" if closed else ""),
     ]
     for b in benches:
         e, s = b.get("extra_info", {}), b["stats"]
         seq = s["median"] / ref_median if ref_median else None
         agree = "—"
-        if "agree_rel_diff_float32" in e:
-            agree = f"{sci(e['agree_rel_diff_float32'])} / {sci(e['agree_rel_diff_float64'])}"
+        if "agree_rel_diff_float64" in e:
+            agree = f"{sci(e.get('agree_rel_diff_float32'))} / {sci(e['agree_rel_diff_float64'])}"
             if e.get("agree_rel_diff_float64_converged") is not None:
                 agree += f" (converged f64: {sci(e['agree_rel_diff_float64_converged'])})"
             agree += " ✔" if e.get("agree_asserted") else " (different method)"
@@ -126,6 +143,7 @@ def timing_table(benches: list[dict[str, Any]]) -> list[str]:
             f"| {name_of(b)} | {e.get('role', '?')} | {ms(s['median'])} | {ms(s['iqr'])} | {s['rounds']} "
             f"| {ms(e.get('race_median_s'))} ({e.get('race_rounds', '—')}) "
             f"| {ratio(e.get('race_ratio_to_reference'))} | {ratio(seq)} | {agree} |"
+            + (f" {sci(e.get('rel_error_closed_form'))} |" if closed else "")
         )
     refs = {b.get("extra_info", {}).get("agree_reference") for b in benches} - {None}
     if refs:
@@ -272,8 +290,9 @@ def existing_notes(path: Path) -> str:
     return text[a + len(NOTES_BEGIN) : b].strip("\n") or DEFAULT_NOTES
 
 
-def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str) -> str:
+def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str, write_plots: bool = True) -> str:
     all_groups = groups(data)
+    kinds = report_extra.by_kind(data)
     lines = [
         "# Benchmarks: speed, memory and accuracy against torchopt and higher",
         "",
@@ -283,16 +302,20 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str) -> 
         "## How to reproduce",
         "",
         "```bash",
-        "make bench          # pytest benchmarks --benchmark-only → benchmarks/results.json,",
-        "                    # then python -m benchmarks.report → docs/benchmarks.md",
+        "make bench          # pytest benchmarks --benchmark-only → benchmarks/results.json; then",
+        "                    # python -m benchmarks.accuracy_cost → docs/accuracy_cost.{md,png}; then",
+        "                    # python -m benchmarks.report → docs/benchmarks.md and docs/benchmarks/*.png",
         "WORSTFORGET_BENCH_THREADS=1 make bench  # one torch thread: what the tables below used (shared CPU)",
         "WORSTFORGET_BENCH_DEVICE=cuda make bench   # or: make bench ARGS='--device cuda'",
         "python -m benchmarks.accuracy_cost --out docs/   # docs/accuracy_cost.md and docs/accuracy_cost.png",
+        "make test           # also runs benchmarks/ once as a smoke test (--benchmark-disable: no timing)",
         "```",
         "",
         "Options (via `ARGS=...`): `--device`, `--threads`, `--race-rounds` (interleaved rounds, "
-        "default 25), `--bench-rounds` (pytest-benchmark rounds, default 15). Each benchmark first "
-        "asserts, untimed, that its hypergradient equals the reference contestant's (a race between "
+        "default 25), `--bench-rounds` (pytest-benchmark rounds, default 15), `--race-budget` (interleaved "
+        "seconds per workload at most, default 60) and `--bench-budget` (pytest-benchmark seconds per "
+        "contestant at most, default 6): slow workloads get fewer rounds, never under 3. Each benchmark "
+        "first asserts, untimed, that its hypergradient equals the reference contestant's (a race between "
         "two different computations is worthless) and measures the autograd graph's saved-tensor bytes; "
         "then all contestants of the workload race interleaved; then pytest-benchmark times each one.",
         "",
@@ -300,6 +323,7 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str) -> 
         "",
         *machine_section(data),
         "",
+        *report_extra.targets_section(kinds),
     ]
     for group, benches in all_groups.items():
         lines += [f"## {group}", "", *timing_table(benches), ""]
@@ -324,6 +348,9 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str) -> 
     hl = highlights(all_groups)
     if hl:
         lines += ["## Highlights (computed from the tables)", "", *hl, ""]
+    lines += report_extra.scaling_section(kinds, out_path.parent, write_plots)
+    lines += report_extra.search_section(kinds)
+    lines += report_extra.rte_section(kinds)
     lines += [
         "## Accuracy against cost",
         "",

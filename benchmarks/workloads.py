@@ -621,13 +621,18 @@ def measure_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
             raise
         out = {"memory_note": "n/a: uses torch.func transforms, which refuse saved-tensor hooks"}
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        out["cuda_peak_bytes"] = cuda_peak(fn, device)
     return out
+
+
+def cuda_peak(fn: Callable[[], Any], device: torch.device) -> int:
+    """The CUDA allocator's peak bytes during one call, above its level at the start."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
 
 
 def cpu_allocator_peak(fn: Callable[[], Any]) -> dict[str, Any]:

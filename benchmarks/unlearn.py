@@ -1,0 +1,120 @@
+"""Unlearning-side measurements: the worst-case search per hypergradient mode, and each method's run time
+relative to Retrain (RTE ratio), on digits / MLP (``prepare("digits", "mlp", "random:0.1")``).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bilevel.inner import run_inner
+from bilevel.problem import DataStream
+
+SETUP = ("digits", "mlp", "random:0.1")
+MODES = ("first_order", "unrolled", "implicit")
+
+
+def prepared(device: torch.device) -> Any:
+    os.environ.setdefault("WORSTFORGET_PROGRESS", "0")
+    from unlearning.setup import prepare
+
+    return prepare(*SETUP, seed=0, device=device)
+
+
+class _Recorder:
+    """Wraps the search's solver: passes every call through and keeps the arguments of the first one, so the
+    lower level's K steps can be re-run alone afterwards (same problem, optimizer, start and data)."""
+
+    def __init__(self, solver: Any) -> None:
+        self._solver = solver
+        self.first: tuple[Any, ...] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._solver, name)
+
+    def hypergrad(
+        self, problem: Any, inner_init: Any, outer: Any, inner_data: Any = None, outer_data: Any = None
+    ):
+        if self.first is None:
+            self.first = (problem, {k: v.detach() for k, v in inner_init.items()}, dict(outer), inner_data)
+        return self._solver.hypergrad(problem, inner_init, outer, inner_data, outer_data)
+
+
+def search_timing(p: Any, mode: str, upper_steps: int, inner_steps: int, lower_reps: int) -> dict[str, Any]:
+    """Seconds per upper step of ``search(p, "ft", hypergrad=mode)``, split into the hypergradient call (K
+    lower-level steps plus the hypergradient) and the rest of the step (projection, top-k, bookkeeping), and
+    the time of the K lower-level steps alone (no graph; median of ``lower_reps`` re-runs)."""
+    from unlearning import worst_case
+
+    recorders: list[_Recorder] = []
+    original = worst_case.make_solver
+
+    def make_solver(*args: Any, **kwargs: Any) -> Any:
+        rec = _Recorder(original(*args, **kwargs))
+        recorders.append(rec)
+        return rec
+
+    worst_case.make_solver = make_solver
+    try:
+        start = time.perf_counter()
+        result = worst_case.search(
+            p, "ft", hypergrad=mode, upper_steps=upper_steps, inner_steps=inner_steps, progress=False
+        )
+        total = time.perf_counter() - start
+    finally:
+        worst_case.make_solver = original
+    hist = result.history
+    steps = [h["seconds"] for h in hist]
+    hyper = [h["hypergrad_seconds"] for h in hist]
+    out: dict[str, Any] = {
+        "mode": mode,
+        "upper_steps": len(hist),
+        "inner_steps": inner_steps,
+        "total_s": total,
+        "step_median_s": statistics.median(steps),
+        "hypergrad_median_s": statistics.median(hyper),
+        "rest_median_s": statistics.median(s - h for s, h in zip(steps, hyper)),
+        "hvp_count_median": statistics.median(h.get("hvp_count") or 0 for h in hist),
+        "objective_first": hist[0]["objective"],
+        "objective_last": hist[-1]["objective"],
+    }
+    rec = recorders[0] if recorders else None
+    if rec is not None and rec.first is not None:
+        problem, theta0, outer, inner_data = rec.first
+        opt = rec.optimizer
+        stream = DataStream(inner_data, "inner_data")
+        times = []
+        for _ in range(lower_reps):
+            t0 = time.perf_counter()
+            run_inner(
+                problem,
+                opt,
+                theta0,
+                {k: v.detach() for k, v in outer.items()},
+                stream,
+                start=0,
+                stop=inner_steps,
+            )
+            times.append(time.perf_counter() - t0)
+        out["lower_alone_median_s"] = statistics.median(times)
+        out["lower_share_of_step"] = out["lower_alone_median_s"] / out["step_median_s"]
+    return out
+
+
+def unlearning_rte(p: Any, reps: int) -> dict[str, Any]:
+    """Median ``unlearn(...).seconds`` of each registry method over ``reps`` runs; its ratio to Retrain."""
+    from unlearning.methods import REGISTRY, make
+
+    secs: dict[str, list[float]] = {name: [] for name in REGISTRY}
+    for _ in range(reps):  # interleaved: every method once per repetition, under the same load
+        for name in REGISTRY:
+            secs[name].append(float(make(name).unlearn(p.original, p.task).seconds))
+    rows = {name: {"median_s": statistics.median(s), "runs": len(s)} for name, s in secs.items()}
+    base = rows["retrain"]["median_s"]
+    for row in rows.values():
+        row["rte_ratio"] = row["median_s"] / base
+    return {"setup": "digits / MLP, forget random:0.1, seed 0", "methods": rows}
