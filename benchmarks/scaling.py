@@ -144,7 +144,7 @@ def _ref_call(r: Ref, solver: Any) -> Callable[[], Tensor]:
     return run
 
 
-FORWARD_SWEEP_MAX = 16
+FORWARD_SWEEP_MAX = 4  # Forward costs one full tangent pass per outer entry
 
 
 def sweep_outer(

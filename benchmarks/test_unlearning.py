@@ -20,7 +20,7 @@ def test_worst_case_search(benchmark, digits_mlp, mode, pytestconfig):
     box = {}
     benchmark.group = "worst-case search: seconds per upper step by hypergradient mode (digits / MLP, ft)"
     benchmark.pedantic(
-        lambda: box.update(search_timing(digits_mlp, mode, 10 if timed else 2, 10, 5 if timed else 1)),
+        lambda: box.update(search_timing(digits_mlp, mode, 10 if timed else 2, 10)),
         rounds=1,
         iterations=1,
         warmup_rounds=0,

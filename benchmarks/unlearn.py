@@ -26,35 +26,40 @@ def prepared(device: torch.device) -> Any:
 
 
 class _Recorder:
-    """Wraps the search's solver: passes every call through and keeps the arguments of the first one, so the
-    lower level's K steps can be re-run alone afterwards (same problem, optimizer, start and data)."""
+    """Wraps the search's solver. Before each hypergradient call it re-runs the lower level's K steps alone
+    (no graph; same problem, optimizer, start point, outer point and data) and records how long that took,
+    so the lower level's time is measured next to each step, under the same load."""
 
-    def __init__(self, solver: Any) -> None:
+    def __init__(self, solver: Any, inner_steps: int) -> None:
         self._solver = solver
-        self.first: tuple[Any, ...] | None = None
+        self._k = inner_steps
+        self.lower_s: list[float] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._solver, name)
 
     def hypergrad(
         self, problem: Any, inner_init: Any, outer: Any, inner_data: Any = None, outer_data: Any = None
-    ):
-        if self.first is None:
-            self.first = (problem, {k: v.detach() for k, v in inner_init.items()}, dict(outer), inner_data)
+    ) -> Any:
+        theta = {k: v.detach() for k, v in inner_init.items()}
+        lam = {k: v.detach() for k, v in outer.items()}
+        start = time.perf_counter()
+        run_inner(problem, self._solver.optimizer, theta, lam, DataStream(inner_data), start=0, stop=self._k)
+        self.lower_s.append(time.perf_counter() - start)
         return self._solver.hypergrad(problem, inner_init, outer, inner_data, outer_data)
 
 
-def search_timing(p: Any, mode: str, upper_steps: int, inner_steps: int, lower_reps: int) -> dict[str, Any]:
+def search_timing(p: Any, mode: str, upper_steps: int, inner_steps: int) -> dict[str, Any]:
     """Seconds per upper step of ``search(p, "ft", hypergrad=mode)``, split into the hypergradient call (K
     lower-level steps plus the hypergradient) and the rest of the step (projection, top-k, bookkeeping), and
-    the time of the K lower-level steps alone (no graph; median of ``lower_reps`` re-runs)."""
+    the K lower-level steps alone (re-run before each step; subtracted from the step's time)."""
     from unlearning import worst_case
 
     recorders: list[_Recorder] = []
     original = worst_case.make_solver
 
     def make_solver(*args: Any, **kwargs: Any) -> Any:
-        rec = _Recorder(original(*args, **kwargs))
+        rec = _Recorder(original(*args, **kwargs), inner_steps)
         recorders.append(rec)
         return rec
 
@@ -68,41 +73,24 @@ def search_timing(p: Any, mode: str, upper_steps: int, inner_steps: int, lower_r
     finally:
         worst_case.make_solver = original
     hist = result.history
-    steps = [h["seconds"] for h in hist]
+    lower = [t for rec in recorders for t in rec.lower_s]
+    lower = lower[: len(hist)] + [0.0] * (len(hist) - len(lower))
+    steps = [h["seconds"] - extra for h, extra in zip(hist, lower)]  # without our extra lower-level run
     hyper = [h["hypergrad_seconds"] for h in hist]
-    out: dict[str, Any] = {
+    return {
         "mode": mode,
         "upper_steps": len(hist),
         "inner_steps": inner_steps,
-        "total_s": total,
+        "total_s": total - sum(lower),
         "step_median_s": statistics.median(steps),
         "hypergrad_median_s": statistics.median(hyper),
         "rest_median_s": statistics.median(s - h for s, h in zip(steps, hyper)),
+        "lower_alone_median_s": statistics.median(lower),
+        "lower_share_of_step": statistics.median(lo / s for lo, s in zip(lower, steps)),
         "hvp_count_median": statistics.median(h.get("hvp_count") or 0 for h in hist),
         "objective_first": hist[0]["objective"],
         "objective_last": hist[-1]["objective"],
     }
-    rec = recorders[0] if recorders else None
-    if rec is not None and rec.first is not None:
-        problem, theta0, outer, inner_data = rec.first
-        opt = rec.optimizer
-        stream = DataStream(inner_data, "inner_data")
-        times = []
-        for _ in range(lower_reps):
-            t0 = time.perf_counter()
-            run_inner(
-                problem,
-                opt,
-                theta0,
-                {k: v.detach() for k, v in outer.items()},
-                stream,
-                start=0,
-                stop=inner_steps,
-            )
-            times.append(time.perf_counter() - t0)
-        out["lower_alone_median_s"] = statistics.median(times)
-        out["lower_share_of_step"] = out["lower_alone_median_s"] / out["step_median_s"]
-    return out
 
 
 def unlearning_rte(p: Any, reps: int) -> dict[str, Any]:
