@@ -14,8 +14,14 @@ hypergradient comes from a `bilevel` solver (``hypergrad=``):
 - ``"first_order"`` (default, the paper's rule): a signSGD lower level, θ ← θ − η·sign(∇_θ g), whose
   derivative is 0 almost everywhere, so ∂F/∂w_i = ℓ_i(θ_K) + 2γw_i (`bilevel.FirstOrder("partial")`);
 - ``"unrolled"``: reverse mode through K differentiable SGD steps (`bilevel.Unrolled`);
-- ``"implicit"``: the implicit-function theorem at θ_K with damped CG (`bilevel.Implicit`; a network's lower
-  level is not strongly convex, so (H + δI)v = ∂_θ F is solved and indefinite directions stop CG).
+- ``"implicit"``: a proximal lower level g(θ, w) + (ρ/2)‖θ − θ_o‖² (``proximal`` ρ), K SGD steps, and the
+  implicit-function theorem at θ_K: ∇F = ∂_w F − ∇²_{wθ} g · v with (H + ρI)v = ∂_θ F solved by CG
+  (`bilevel.Implicit`). A network's g alone is not strongly convex; the proximal term makes the system
+  positive definite wherever λ_min(H) > −ρ (near θ_o). CG starts from the previous upper step's v
+  (``warm_start``); directions of non-positive curvature stop it and are flagged.
+
+The lower level itself restarts from θ_o in every mode, so F(w) is a function of w alone (docs/worst_case.md,
+"Warm starts").
 
 Projected descent w ← Π_S̃(w − η_w ∇F) runs in `bilevel.minimize` (exact capped-simplex projection); every
 ``binarize_every`` upper steps w is replaced by its top-m indicator, and the final set is top-m(w).
