@@ -114,24 +114,28 @@ class Profile:
         """The rows as a fixed-width text table (``fmt="text"``) or a markdown table (``"markdown"``)."""
         if fmt not in ("text", "markdown"):
             raise ValueError(f"fmt must be 'text' or 'markdown', got {fmt!r}")
-        head = ["solver", "time ms (median)", "spread ms (min-max)", "peak memory", "HVPs", "rel. error"]
+        head = ["solver", "time ms (median)", "min-max ms", "peak memory", "HVPs", "rel. error"]
         body = [row_cells(r) for r in self.rows]
-        foot = (
+        foot = [
             f"reference: {self.reference}; memory: {self.memory_kind}; device {self.device}; "
             f"{self.repeats} repeats after {self.warmup} warm-up"
-        )
+        ] + [f"failed: {line}" for line in self.failures()]
         if fmt == "markdown":
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "--:|" * (len(head) - 1)]
             lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
-            return "\n".join(lines) + f"\n\n{foot}\n"
+            return "\n".join(lines) + "\n\n" + "\n\n".join(foot) + "\n"
         widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
         fmt_row = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [fmt_row.format(*head), fmt_row.format(*("-" * w for w in widths))]
         lines += [fmt_row.format(*cells) for cells in body]
-        return "\n".join(lines) + f"\n{foot}\n"
+        return "\n".join(lines + foot) + "\n"
 
     def __str__(self) -> str:
         return self.table()
+
+    def failures(self) -> list[str]:
+        """One line ``name: ExceptionType: message`` per solver that raised."""
+        return [f"{r.name}: {r.failed}" for r in self.rows if r.failed is not None]
 
 
 def human_bytes(n: int | None) -> str:
@@ -145,27 +149,26 @@ def human_bytes(n: int | None) -> str:
     return f"{value:.1f} GiB"
 
 
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    ms = 1e3 * seconds
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
 def row_cells(r: ProfileRow) -> list[str]:
-    """A row as the strings of `Profile.table` (solver, median ms, spread, memory, HVPs, error)."""
+    """A row as the strings of `Profile.table` (solver, median ms, min-max ms, memory, HVPs, error); a
+    failed row shows the exception's type (`Profile.failures` has the messages)."""
     if r.failed is not None:
-        return [r.name, "failed", r.failed[:80], "", "", ""]
-    ms = 1e3 * r.time_s if r.time_s is not None else None
-    spread = (
-        f"{1e3 * r.time_min_s:.2f}-{1e3 * r.time_max_s:.2f}"
-        if r.time_min_s is not None and r.time_max_s is not None
-        else "n/a"
-    )
+        return [r.name, "failed", r.failed.split(":", 1)[0], "", "", ""]
     return [
         r.name,
-        f"{ms:.2f}" if ms is not None else "n/a",
-        spread,
+        _ms(r.time_s),
+        f"{_ms(r.time_min_s)}-{_ms(r.time_max_s)}",
         human_bytes(r.peak_bytes),
         "n/a" if r.hvp_count is None else str(r.hvp_count),
         "n/a" if r.rel_error is None else f"{r.rel_error:.2e}",
     ]
-
-
-# ------------------------------------------------------------------------------------------- measuring
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -204,15 +207,12 @@ def cpu_allocator_peak(fn: Callable[[], Any]) -> tuple[int | None, str]:
     from torch.profiler import profile as torch_profile
 
     try:
-        prof = torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        with _quiet_stderr():  # torch 2.13's profiler prints "profiler_start"/"profiler_stop" lines on fd 2
-            prof.__enter__()
-        try:
+        # fd 2 is silenced: torch 2.13's profiler logs "profiler_start"/"profiler_stop" there, and warns
+        # about blocks allocated before it started (their frees are not counted). The solver has already
+        # run (the first call), so nothing it prints is lost.
+        with _quiet_stderr(), torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             out = fn()
             del out
-        finally:
-            with _quiet_stderr():
-                prof.__exit__(None, None, None)
         kinds = torch.autograd.DeviceType
         cpu = {kinds.CPU, kinds.MKLDNN, kinds.IDEEP}
         events = [

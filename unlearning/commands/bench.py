@@ -1,0 +1,522 @@
+"""``worstforget bench``: `bilevel.profile` on a built-in problem: time, peak memory, HVPs and hypergradient
+error per solver. Prints a table; writes ``OUT/bench.json``, ``OUT/bench.md`` and ``OUT/bench.png`` (error
+against time, and peak memory per solver) atomically."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearning.commands import CLIError, check_at_least_one, check_device
+
+PROBLEMS = ("ridge", "weighted-ridge", "logistic", "quadratic", "mlp-reweight")
+# problem -> (default --dim, default --outer-dim, what the two sizes are)
+SIZES: dict[str, tuple[int, int | None, str]] = {
+    "ridge": (50, None, "--dim features p; --outer-dim 1 (one λ) or p (per-feature λ, the default)"),
+    "weighted-ridge": (20, 500, "--dim features p; --outer-dim training rows n (one weight each)"),
+    "logistic": (20, None, "--dim features p; --outer-dim 1 (one λ) or p (per-feature λ, the default)"),
+    "quadratic": (50, 10, "--dim inner size d_y; --outer-dim outer size d_x"),
+    "mlp-reweight": (32, 500, "--dim hidden units; --outer-dim training digits n (one weight each)"),
+}
+SOLVERS = (
+    "unrolled",
+    "unrolled-checkpoint",
+    "unrolled-truncated",
+    "forward",
+    "implicit-cg",
+    "implicit-neumann",
+    "implicit-fixed-point",
+    "direct",
+    "first-order-partial",
+    "first-order-identity",
+    "f2sa",
+)
+DEFAULT_SOLVERS = "unrolled,unrolled-checkpoint,implicit-cg,implicit-neumann,direct,first-order-partial"
+# The MLP: no dense solve (d_θ HVPs per call), and CG damped (its Hessian is indefinite away from a minimum).
+MLP_DEFAULT_SOLVERS = (
+    "unrolled,unrolled-checkpoint,unrolled-truncated,implicit-cg,implicit-neumann,first-order-partial"
+)
+MLP_DEFAULT_DAMPING = 0.05
+REFERENCES = ("auto", "exact", "closed-form")
+MLP_WEIGHT_DECAY = 1e-3
+MLP_LR = 0.1
+
+DESCRIPTION = f"""Profile hypergradient solvers on a built-in bi-level problem (bilevel.profile).
+
+For every solver: wall time of one hypergradient (inner solve included; median of --repeats interleaved
+calls after one warm-up, with the min-max spread), peak memory above the start (CUDA:
+torch.cuda.max_memory_allocated; CPU: torch's allocator peak from the profiler's memory events), the
+Hessian-vector products the solver reports, and the relative error |g - g_ref| / |g_ref| of its
+hypergradient. Every solver runs --steps inner steps of gradient descent from the same start (lr = 1/L on
+the convex problems, {MLP_LR} on the MLP); iterative linear solvers run --linear-iters iterations.
+
+Problems and sizes:
+  ridge           {SIZES["ridge"][2]}
+  weighted-ridge  {SIZES["weighted-ridge"][2]}
+  logistic        {SIZES["logistic"][2]}
+  quadratic       {SIZES["quadratic"][2]}
+  mlp-reweight    {SIZES["mlp-reweight"][2]}
+                  (digits, MLP 64-H-10, per-sample weights sigmoid(x_i), weight decay {MLP_WEIGHT_DECAY})
+
+Solvers (--solvers, comma list, or "all"): {", ".join(SOLVERS)}.
+  unrolled-truncated differentiates the last --truncate steps; direct is Implicit with a dense solve;
+  f2sa is FirstOrder("f2sa", sigma=100). Forward costs one pass per outer entry (keep --outer-dim small);
+  direct materialises the inner Hessian (one HVP per inner entry).
+
+Reference (--reference): auto = the closed form on ridge, weighted-ridge, logistic and quadratic (computed in
+float64) and the full unroll of the same steps on mlp-reweight (its Hessian is indefinite); exact =
+bilevel.profile's default (Newton + dense solve near the most stationary inner point found; CG above 2048
+inner entries); closed-form; or a solver name.
+
+Examples:
+  worstforget bench                                      # ridge, p = 50, 50 per-feature penalties
+  worstforget bench --problem logistic --dim 64 --steps 200 --solvers all --out runs/bench
+  worstforget bench --problem mlp-reweight --dim 32 --outer-dim 500 --steps 50"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="profile hypergradient solvers: time, memory, HVPs, error (bilevel.profile)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--problem", default="ridge", choices=PROBLEMS, help="built-in problem (default: ridge)")
+    p.add_argument("--dim", type=int, default=None, help="inner size (see above; default per problem)")
+    p.add_argument("--outer-dim", type=int, default=None, help="outer size (see above; default per problem)")
+    p.add_argument("--steps", type=int, default=100, help="inner steps T of every solver (default: 100)")
+    p.add_argument(
+        "--solvers",
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated solver names, or all (default: {DEFAULT_SOLVERS}; mlp-reweight: "
+        f"{MLP_DEFAULT_SOLVERS})",
+    )
+    p.add_argument(
+        "--linear-iters", type=int, default=20, help="CG / Neumann / fixed-point iterations (default: 20)"
+    )
+    p.add_argument(
+        "--truncate", type=int, default=None, help="steps unrolled-truncated differentiates (default: T/4)"
+    )
+    p.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help=f"CG damping δ: solves (H + δI)v = b (default: 0; mlp-reweight: {MLP_DEFAULT_DAMPING})",
+    )
+    p.add_argument(
+        "--reference",
+        default="auto",
+        help=f"{', '.join(REFERENCES)}, or a solver name (default: auto, see above)",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per solver (default: 5)")
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default: float64")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problem's data (default: 0)")
+    p.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
+    p.set_defaults(func=run)
+    return p
+
+
+@dataclass
+class Bench:
+    """A built problem: everything `bilevel.profile` needs, on the device, plus how to describe it."""
+
+    problem: Any
+    inner_init: dict
+    outer: dict
+    inner_data: Any
+    outer_data: Any
+    lr: float
+    closed_form: dict | None  # the exact ∇F (float64, CPU), where the problem has one
+    description: str
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def parse_solvers(text: str) -> list[str]:
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SOLVERS)
+    if not names:
+        raise CLIError(f"argument --solvers: empty; choose from {', '.join(SOLVERS)} (or all)")
+    unknown = [n for n in names if n not in SOLVERS]
+    if unknown:
+        raise CLIError(
+            f"argument --solvers: unknown solver {unknown[0]!r}; choose from {', '.join(SOLVERS)} (or all)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def sizes(args: argparse.Namespace) -> tuple[int, int]:
+    """(dim, outer_dim) with the problem's defaults, checked."""
+    dim_default, outer_default, _ = SIZES[args.problem]
+    dim = dim_default if args.dim is None else args.dim
+    if dim < 1:
+        raise CLIError(f"argument --dim: must be >= 1, got {dim}")
+    outer = args.outer_dim if args.outer_dim is not None else (outer_default or dim)
+    if outer < 1:
+        raise CLIError(f"argument --outer-dim: must be >= 1, got {outer}")
+    if args.problem in ("ridge", "logistic") and outer not in (1, dim):
+        raise CLIError(
+            f"argument --outer-dim: {args.problem} has one penalty (1) or one per feature (--dim = {dim}), "
+            f"got {outer}"
+        )
+    if args.problem == "mlp-reweight":
+        pool = _digits_pool_size(args.seed)
+        if outer > pool:
+            raise CLIError(f"argument --outer-dim: at most {pool} training digits, got {outer}")
+    return dim, outer
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[str], int, int]:
+    check_at_least_one(args, "steps", "repeats", "linear_iters", "truncate")
+    mlp = args.problem == "mlp-reweight"
+    if args.damping is None:
+        args.damping = MLP_DEFAULT_DAMPING if mlp else 0.0
+    if args.solvers is None:
+        args.solvers = MLP_DEFAULT_SOLVERS if mlp else DEFAULT_SOLVERS
+    if not (args.damping >= 0 and math.isfinite(args.damping)):
+        raise CLIError(f"argument --damping: must be a finite number >= 0, got {args.damping}")
+    names = parse_solvers(args.solvers)
+    ref = args.reference.strip().lower()
+    if ref not in REFERENCES and ref not in SOLVERS:
+        raise CLIError(
+            f"argument --reference: unknown {args.reference!r}; choose {', '.join(REFERENCES)} or a solver "
+            f"name ({', '.join(SOLVERS)})"
+        )
+    if ref == "closed-form" and args.problem == "mlp-reweight":
+        raise CLIError(
+            "argument --reference: mlp-reweight has no closed form; use auto, exact or a solver name"
+        )
+    args.reference = ref
+    check_device(args)
+    dim, outer = sizes(args)
+    return names, dim, outer
+
+
+# ------------------------------------------------------------------------------------------- problems
+
+
+def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device: Any) -> Bench:
+    """The problem on ``device``: data reaches the losses as batches (``[batch]``, a fixed batch), so the
+    same code runs on the CPU and on CUDA."""
+    import torch
+
+    from bilevel import problems
+    from bilevel.profile import to_device
+
+    if name == "mlp-reweight":
+        return _mlp_reweight(dim, outer_dim, seed=seed, dtype=dtype, device=device)
+    f64 = torch.float64
+
+    def make(dt: Any) -> Any:
+        if name == "ridge":
+            n, m = max(4 * dim, 100), max(2 * dim, 50)
+            return problems.ridge(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
+        if name == "logistic":
+            n, m = max(10 * dim, 200), max(5 * dim, 100)
+            return problems.logistic(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
+        if name == "weighted-ridge":
+            return problems.weighted_ridge(n=outer_dim, m=max(outer_dim // 2, 10), p=dim, seed=seed, dtype=dt)
+        return problems.quadratic(dx=outer_dim, dy=dim, seed=seed, dtype=dt)
+
+    ref = make(dtype)
+    exact = ref if dtype == f64 else make(f64)
+    closed = exact.hypergrad(exact.outer)
+    d = to_device(dict(ref.data), device)
+    if name == "quadratic":
+        problem, inner_data, outer_data = _quadratic_on(d), None, None
+    else:
+        problem = ref.problem
+        rows = (d["X"], d["y"]) + (
+            (torch.arange(outer_dim, device=device),) if name == "weighted-ridge" else ()
+        )
+        inner_data, outer_data = [rows], [(d["X_val"], d["y_val"])]
+    return Bench(
+        problem=problem,
+        inner_init=to_device(ref.inner_init, device),
+        outer=to_device(ref.outer, device),
+        inner_data=inner_data,
+        outer_data=outer_data,
+        lr=1.0 / float(ref.L),
+        closed_form=closed,
+        description=f"{ref!r}, inner lr 1/L = {1.0 / float(ref.L):.4g}",
+    )
+
+
+def _quadratic_on(d: dict) -> Any:
+    """`bilevel.problems.quadratic`'s losses over its matrices ``d`` (already on the device)."""
+    from bilevel import BilevelProblem
+
+    A, B, C, a, b = d["A"], d["B"], d["C"], d["a"], d["b"]
+    F, H, K, f_y, h_x = d["F"], d["H"], d["K"], d["f_y"], d["h_x"]
+
+    def inner_loss(inner: dict, outer: dict, batch: Any) -> Any:
+        x, y = outer["x"], inner["y"]
+        return 0.5 * y @ (A @ y) + 0.5 * x @ (B @ x) + x @ (C @ y) + a @ y + b @ x
+
+    def outer_loss(inner: dict, outer: dict, batch: Any) -> Any:
+        x, y = outer["x"], inner["y"]
+        return 0.5 * y @ (F @ y) + 0.5 * x @ (H @ x) + x @ (K @ y) + f_y @ y + h_x @ x
+
+    return BilevelProblem(inner_loss, outer_loss)
+
+
+def _digits_pool_size(seed: int) -> int:
+    from unlearning import datasets
+
+    return datasets.load("digits", seed=seed).train.x.shape[0]
+
+
+def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) -> Bench:
+    """Data re-weighting of an MLP 64-H-10 on digits: n training digits, the carved test split as the
+    validation set, per-sample weights σ(x_i) (x ~ N(0, 0.25), seeded):
+
+        g(θ, x) = (1/n) Σ_i σ(x_i) CE(f_θ(a_i), b_i) + (wd/2)‖θ‖²,    f(θ) = validation CE.
+    """
+    import torch
+    import torch.nn.functional as Fn
+
+    from bilevel import BilevelProblem
+    from unlearning import datasets
+
+    data = datasets.load("digits", seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(data.train.x.shape[0], generator=gen)[:n]
+    X, y = data.train.x[rows].flatten(1).double(), data.train.y[rows]
+    Xv, yv = data.test.x.flatten(1).double(), data.test.y
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
+    X, Xv = (X - mean) / std, (Xv - mean) / std
+
+    def init(fan_in: int, fan_out: int) -> tuple[Any, Any]:
+        bound = 1.0 / math.sqrt(fan_in)
+        w = (2 * torch.rand(fan_out, fan_in, generator=gen, dtype=torch.float64) - 1) * bound
+        return w, torch.zeros(fan_out, dtype=torch.float64)
+
+    (W1, b1), (W2, b2) = init(64, hidden), init(hidden, 10)
+    logits = 0.5 * torch.randn(n, generator=gen, dtype=torch.float64)
+
+    def on(t: Any) -> Any:
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+    X, y, Xv, yv = on(X), on(y), on(Xv), on(yv)
+
+    def net(th: dict, A: Any) -> Any:
+        return Fn.linear(Fn.relu(Fn.linear(A, th["W1"], th["b1"])), th["W2"], th["b2"])
+
+    def inner_loss(inner: dict, outer: dict, batch: Any) -> Any:
+        ce = Fn.cross_entropy(net(inner, X), y, reduction="none")
+        decay = sum((p * p).sum() for p in inner.values())
+        return (torch.sigmoid(outer["x"]) * ce).mean() + 0.5 * MLP_WEIGHT_DECAY * decay
+
+    def outer_loss(inner: dict, outer: dict, batch: Any) -> Any:
+        return Fn.cross_entropy(net(inner, Xv), yv)
+
+    d_theta = 64 * hidden + hidden + 10 * hidden + 10
+    return Bench(
+        problem=BilevelProblem(inner_loss, outer_loss),
+        inner_init={k: on(v) for k, v in {"W1": W1, "b1": b1, "W2": W2, "b2": b2}.items()},
+        outer={"x": on(logits)},
+        inner_data=None,
+        outer_data=None,
+        lr=MLP_LR,
+        closed_form=None,
+        description=(
+            f"digits MLP 64-{hidden}-10 ({d_theta} inner parameters), {n} re-weighted training digits, "
+            f"{Xv.shape[0]} validation digits, weight decay {MLP_WEIGHT_DECAY}, inner lr {MLP_LR}"
+        ),
+    )
+
+
+def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncate: int, damping: float):
+    """Solver name -> solver object, every one with ``steps`` inner SGD steps of learning rate ``lr``."""
+    from bilevel import CG, Direct, FirstOrder, FixedPoint, Forward, Implicit, Neumann, Unrolled, optim
+
+    sgd = optim.SGD(lr=lr)
+    table = {
+        "unrolled": lambda: Unrolled(sgd, steps),
+        "unrolled-checkpoint": lambda: Unrolled(sgd, steps, checkpoint=True),
+        "unrolled-truncated": lambda: Unrolled(sgd, steps, truncate=min(truncate, steps)),
+        "forward": lambda: Forward(sgd, steps, max_directions=10**6),
+        "implicit-cg": lambda: Implicit(sgd, steps, CG(max_iter=iters, tol=1e-12, damping=damping)),
+        "implicit-neumann": lambda: Implicit(sgd, steps, Neumann(alpha=lr, max_iter=iters)),
+        "implicit-fixed-point": lambda: Implicit(sgd, steps, FixedPoint(alpha=lr, max_iter=iters, tol=0.0)),
+        "direct": lambda: Implicit(sgd, steps, Direct()),
+        "first-order-partial": lambda: FirstOrder(sgd, steps, "partial"),
+        "first-order-identity": lambda: FirstOrder(sgd, steps, "identity", c=lr),
+        "f2sa": lambda: FirstOrder(sgd, steps, "f2sa", sigma=100.0),
+    }
+    return {n: table[n]() for n in names}
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bilevel import profile
+    from unlearning.io import write_json, write_text
+
+    names, dim, outer_dim = check_args(args)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    device = torch.device(args.device)
+    bench = build(args.problem, dim, outer_dim, seed=args.seed, dtype=dtype, device=device)
+    truncate = args.truncate or max(1, args.steps // 4)
+    kw = dict(lr=bench.lr, steps=args.steps, iters=args.linear_iters, truncate=truncate, damping=args.damping)
+    solvers = make_solvers(names, **kw)
+    reference: Any
+    ref_name = args.reference
+    if ref_name == "auto":
+        ref_name = "closed-form" if bench.closed_form is not None else "unrolled"
+    if ref_name == "closed-form":
+        reference = bench.closed_form
+    elif ref_name == "exact":
+        reference = None
+    elif ref_name in solvers:
+        reference = ref_name
+    else:
+        reference = make_solvers([ref_name], **kw)[ref_name]
+    print(f"profiling {len(solvers)} solver(s) on {args.problem}: {bench.description}", flush=True)
+    prof = profile(
+        bench.problem,
+        solvers,
+        bench.inner_init,
+        bench.outer,
+        inner_data=bench.inner_data,
+        outer_data=bench.outer_data,
+        reference=reference,
+        repeats=args.repeats,
+        device=device,
+    )
+    if ref_name == "closed-form":
+        prof.reference = "closed form (float64)"
+    config = {
+        "problem": args.problem,
+        "dim": dim,
+        "outer_dim": outer_dim,
+        "steps": args.steps,
+        "solvers": names,
+        "linear_iters": args.linear_iters,
+        "truncate": truncate,
+        "damping": args.damping,
+        "reference": ref_name,
+        "repeats": args.repeats,
+        "dtype": args.dtype,
+        "device": str(device),
+        "seed": args.seed,
+    }
+    out = Path(args.out)
+    report = {
+        "command": command_line(config, out),
+        "config": config,
+        "problem": bench.description,
+        "profile": prof.to_dict(),
+    }
+    write_json(out / "bench.json", report)
+    write_text(out / "bench.md", markdown(report, prof))
+    plot(prof, out / "bench.png", title=f"{args.problem} ({args.dtype}, {device})")
+    print_table(prof, args.problem)
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
+    return 0
+
+
+def command_line(config: dict[str, Any], out: Path) -> str:
+    """The ``worstforget bench`` command that reproduces ``config`` (every option spelled out)."""
+    opts = {k: v for k, v in config.items() if k not in ("dim", "outer_dim", "solvers")}
+    parts = ["worstforget bench", f"--dim {config['dim']}", f"--outer-dim {config['outer_dim']}"]
+    parts.append(f"--solvers {','.join(config['solvers'])}")
+    parts += [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in opts.items()]
+    return " ".join(parts + [f"--out {shlex.quote(str(out))}"])
+
+
+def markdown(report: dict[str, Any], prof: Any) -> str:
+    m = prof.machine
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
+    return "\n".join(
+        [
+            f"# worstforget bench: {report['config']['problem']}",
+            "",
+            f"Problem: {report['problem']}. {report['config']['steps']} inner steps per solver.",
+            "",
+            prof.table("markdown"),
+            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} "
+            f"({m['torch_threads']} threads){gpu}.",
+            "",
+            f"Reproduce: `{report['command']}`",
+            "",
+        ]
+    )
+
+
+def print_table(prof: Any, problem: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bilevel.profile import row_cells
+
+    table = Table(title=f"hypergradient solvers on {problem}")
+    for i, head in enumerate(["solver", "time ms", "min-max ms", "peak mem", "HVPs", "rel. error"]):
+        table.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in prof.rows:
+        table.add_row(*row_cells(row))
+    console = Console()
+    console.print(table)
+    console.print(f"reference: {prof.reference}; memory: {prof.memory_kind}; {prof.repeats} repeats")
+    for line in prof.failures():
+        console.print(f"failed: {line}", markup=False)
+
+
+def plot(prof: Any, path: Path, title: str) -> None:
+    """Two panels: relative error against median time (log-log), and peak memory per solver."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unlearning.io import write_atomic
+
+    ok = [r for r in prof.rows if r.failed is None]
+    floor = 1e-17  # an exact 0 error is drawn at the floor
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
+    cmap = plt.get_cmap("tab10")
+    markers = "os^vD<>Px*h"
+    for i, r in enumerate(ok):
+        style = {"color": cmap(i % 10), "marker": markers[i % len(markers)]}
+        a.scatter(1e3 * r.time_s, max(r.rel_error, floor), label=r.name, zorder=3, **style)
+        a.errorbar(
+            1e3 * r.time_s,
+            max(r.rel_error, floor),
+            xerr=[[1e3 * (r.time_s - r.time_min_s)], [1e3 * (r.time_max_s - r.time_s)]],
+            color=cmap(i % 10),
+            alpha=0.5,
+        )
+    a.set_xscale("log")
+    a.set_yscale("log")
+    a.set_xlabel("time per hypergradient, ms (median; bars: min-max)")
+    a.set_ylabel("relative error of the hypergradient")
+    a.set_title(f"error against time: {title}", fontsize=9)
+    a.grid(True, which="both", alpha=0.3)
+    a.legend(fontsize=7)
+    mem = [r for r in ok if r.peak_bytes is not None]
+    b.barh(
+        [r.name for r in mem],
+        [r.peak_bytes / 2**20 for r in mem],
+        color=[cmap(ok.index(r) % 10) for r in mem],
+    )
+    b.invert_yaxis()
+    b.set_xlabel(f"peak memory, MiB ({prof.memory_kind})")
+    b.set_title("peak memory per hypergradient", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
