@@ -720,6 +720,8 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed, s in report["searches"].items():
         ax.plot(range(1, len(s["curve"]) + 1), s["curve"], marker=".", label=f"seed {seed}")
+    if all(v > 0 for s in report["searches"].values() for v in s["curve"]):
+        ax.set_yscale("log")
     ax.set_xlabel("upper step")
     ax.set_ylabel("search objective F(w)")
     ax.set_title(f"worst-case search for {report['config']['search_method']['name']}")

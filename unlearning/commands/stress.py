@@ -111,7 +111,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="output folder; rerunning with the same options resumes there (default: runs/stress)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default: 1, fastest for the small digits models, above all on a shared "
+        "machine; raise it for cnn/resnet18 on CPU)",
+    )
     p.add_argument(
         "--data-dir", metavar="DIR", help="folder holding dataset files (cifar10: cifar-10-python.tar.gz)"
     )
