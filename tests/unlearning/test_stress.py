@@ -120,6 +120,34 @@ def test_resume_reuses_finished_rows_and_computes_only_missing(tmp_path, cache_d
     assert json.loads(path.read_text())["results"] == second["results"]
 
 
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, cache_dir):
+    """Interrupted during tuning, then during the rows: each rerun keeps what was written and goes on."""
+    kwargs = dict(methods=["ga", "ft"], seeds=[0], tune=True, cache_dir=cache_dir, out=tmp_path, **SMALL)
+
+    def stop_at(text):
+        def progress(done, total, message):
+            if message == text:
+                raise KeyboardInterrupt
+
+        return progress
+
+    path = tmp_path / "report.json"
+    with pytest.raises(KeyboardInterrupt):
+        stress_test(**kwargs, progress=stop_at("tuning ga {'lr': 0.005}"))
+    first = json.loads(path.read_text())
+    assert len(first["tuning"]) == 1 and not first["complete"]
+    with pytest.raises(KeyboardInterrupt):
+        stress_test(**kwargs, progress=stop_at("seed 0, worst set: ft"))
+    second = json.loads(path.read_text())
+    assert second["tuning"][0] == first["tuning"][0]  # reused, not recomputed (same seconds)
+    assert ("worst", 0, "ga") in {_key(r) for r in second["results"]}
+    assert ("worst", 0, "ft") not in {_key(r) for r in second["results"]}
+    final = stress_test(**kwargs)
+    assert final["complete"] and final["tuning"][: len(second["tuning"])] == second["tuning"]
+    assert final["results"][: len(second["results"])] == second["results"]
+    assert len(final["results"]) == 2 * 4
+
+
 def test_rerun_with_another_config_is_refused(tmp_path, cache_dir, capsys):
     args = ["stress", "--methods", "ga", "--seeds", "0", "--upper-steps", "2", "--lower-steps", "2"]
     assert main([*args, "--out", str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
