@@ -231,15 +231,19 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(report: dict[str, Any], out: Path) -> None:
     """The summary in the terminal (rich): per method, UA, MIA and Avg. Gap on both sets (seed means)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from unlearning.stress import PLOTS, _describe
 
     summary = report["summary"]
-    table = Table(title=f"worst-case vs random forget sets ({_describe(report['config'])}; mean over seeds)")
+    table = Table(
+        title=f"worst-case vs random forget sets ({_describe(report['config'])}; mean over seeds)",
+        box=box.SIMPLE_HEAD,
+    )
     for col in ("method", "UA rand", "UA worst", "MIA rand", "MIA worst", "Gap rand", "Gap worst", "Δ gap"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     for name in summary["random"]:
         r, w = summary["random"][name], summary["worst"][name]
         delta = report["gap_increase"].get(name)
@@ -249,7 +253,11 @@ def print_table(report: dict[str, Any], out: Path) -> None:
             f"{r['avg_gap'][0]:.2f}",
             f"{w['avg_gap'][0]:.2f}",
             "" if delta is None else f"{delta:+.2f}",
+            end_section=name == "retrain",
         )
+    names = list(report["gap_increase"])
+    means = [sum(summary[s][n]["avg_gap"][0] for n in names) / len(names) for s in ("random", "worst")]
+    table.add_row("mean", "", "", "", "", f"{means[0]:.2f}", f"{means[1]:.2f}", f"{means[1] - means[0]:+.2f}")
     console = Console()
     console.print(table)
     files = ", ".join(str(out / f) for f in ("report.json", "report.md", *PLOTS))
