@@ -131,10 +131,13 @@ def resolve_methods(
             f"two methods share the name {repeated[0]!r} (names: {', '.join(names)}); give each a distinct "
             "`name` (e.g. a subclass with name = 'my_ft')",
         )
-    unused = sorted(set(hp) - set(names))
+    by_name = {s.lower() for s in specs if isinstance(s, str) and ":" not in s}
+    unused = sorted(set(hp) - by_name)
     if unused:
         raise StressInputError(
-            "method_hparams", f"hyper-parameters given for {unused[0]!r}, which is not among {names}"
+            "method_hparams",
+            f"hyper-parameters given for {unused[0]!r}, which is not a registry method among {names} given "
+            "by name (set the values of an object or a package.module:Class on the object or class)",
         )
     return built
 

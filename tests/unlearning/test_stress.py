@@ -230,6 +230,12 @@ def test_method_objects_and_specs_are_named_by_their_name(tmp_path, cache_dir):
     assert {r["method"] for r in rep["results"]} == {"original", "retrain", "half_ga", "ga"}
 
 
+def test_hparams_only_for_methods_given_by_name():
+    with pytest.raises(stress.StressInputError, match="not a registry method") as err:
+        stress_test(methods=[GA()], method_hparams={"ga": {"lr": 0.1}}, seeds=[0])
+    assert err.value.param == "method_hparams"
+
+
 def test_duplicate_names_are_refused():
     with pytest.raises(stress.StressInputError, match="share the name 'ga'") as err:
         stress_test(methods=[GA(), "ga"], seeds=[0])
