@@ -317,7 +317,7 @@ def stress_test(
 
     Raises `StressInputError` (a ``ValueError`` naming the parameter) for a bad input, before any training.
     """
-    from . import datasets, splits
+    from . import datasets, models, splits
     from .setup import resolve_device
 
     started = time.perf_counter()
@@ -340,6 +340,8 @@ def stress_test(
         )
     except (ValueError, TypeError) as err:
         raise StressInputError("search_method", str(err)) from None
+    if str(model).lower() not in models.NAMES:
+        raise StressInputError("model", f"unknown model {model!r}; choose one of {', '.join(models.NAMES)}")
     try:
         ds = datasets.load(dataset, data_dir)
     except (ValueError, FileNotFoundError) as err:
