@@ -191,6 +191,15 @@ def test_tune_grid():
     assert len(grid) == len(stress.LR_FACTORS) * 3
     assert stress.tune_grid(make("salun"), fixed=["lr"]) == [{"sparsity": s} for s in (0.5, 0.3, 0.7)]
     assert stress.tune_grid(make("ft")) == [{"lr": 0.05 * f} for f in stress.LR_FACTORS]
+    # a method's own grid replaces the default one; its current value still comes first
+    assert stress.tune_grid(OwnGrid(lr=0.02)) == [{"epochs": 5}, {"epochs": 2}]
+    assert stress.tune_grid(object()) == [{}]  # not a dataclass: only itself
+
+
+@dataclasses.dataclass
+class OwnGrid(GA):
+    name: ClassVar[str] = "own_grid"
+    tune_grid: ClassVar[dict] = {"epochs": (2, 5)}
 
 
 # ------------------------------------------------------------------------------- class-wise and custom
