@@ -38,8 +38,8 @@ from typing import Any
 import torch
 
 from . import metrics
+from .evaluate import method_row
 from .methods import REGISTRY, resolve
-from .rng import seeded
 from .worst_case import HYPERGRADS, SearchResult, resolve_budget, search
 
 SELECTIONS = ("random", "worst")
@@ -425,13 +425,13 @@ def stress_test(
                     _row(selection, seed, "original", values, 0.0, metrics.avg_gap(values, retrain)),
                 )
             if not chosen:
-                chosen = _choose(store, built, grids, tune, seed, get_prepared, retrain, step, device)
+                chosen = _choose(store, built, grids, tune, seed, get_prepared, retrain, step)
             for method in built:
                 step(f"seed {seed}, {selection} set: {method.name}")
                 if store.row(selection, seed, method.name) is not None:
                     continue
-                row = _evaluate(_variant(method, chosen[method.name]), get_prepared(), seed, device, retrain)
-                store.add("results", _row(selection, seed, method.name, *row))
+                row = method_row(get_prepared(), _variant(method, chosen[method.name]), retrain, seed)
+                store.add("results", _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"]))
     summary, gap_increase = summarize(store.data["results"], names)
     store.data.update(
         complete=True,
@@ -516,14 +516,6 @@ def _prepare_set(
     return prepared
 
 
-def _evaluate(method: Any, prepared: Any, seed: int, device: str, retrain: dict) -> tuple[dict, float, float]:
-    """(metrics, seconds, Avg. Gap to ``retrain``) of ``method`` unlearning ``prepared.task`` from θ_o."""
-    with seeded(seed, device):
-        result = method.unlearn(prepared.original, prepared.task)
-    values = metrics.evaluate(result.model, prepared.task)
-    return values, result.seconds, metrics.avg_gap(values, retrain)
-
-
 def _choose(
     store: _Store,
     built: Sequence[Any],
@@ -533,7 +525,6 @@ def _choose(
     get_prepared: Callable[[], Any],
     retrain: dict,
     step: Callable[[str], None],
-    device: str,
 ) -> dict[str, dict[str, Any]]:
     """The hyper-parameter overrides each method runs with: none, or (``tune``) the grid candidate with the
     smallest Avg. Gap on this (the first seed's random) set; every candidate is a ``tuning`` entry."""
@@ -556,7 +547,8 @@ def _choose(
             if entry is None:
                 candidate = _variant(method, overrides)
                 try:
-                    values, seconds, gap = _evaluate(candidate, get_prepared(), seed, device, retrain)
+                    values = method_row(get_prepared(), candidate, retrain, seed)
+                    seconds, gap = values["seconds"], values["avg_gap"]
                 except FloatingPointError:  # this candidate diverged: not a choice
                     values, seconds, gap = {}, 0.0, None
                 entry = {

@@ -92,9 +92,9 @@ def test_resume_reuses_finished_rows_and_computes_only_missing(tmp_path, cache_d
     seed0_set = (tmp_path / "sets" / "seed0.json").read_bytes()
 
     calls = {"evaluate": [], "search": []}
-    evaluate, search = stress._evaluate, stress.search
+    method_row, search = stress.method_row, stress.search
     monkeypatch.setattr(
-        stress, "_evaluate", lambda m, *a: calls["evaluate"].append(m.name) or evaluate(m, *a)
+        stress, "method_row", lambda p, m, *a: calls["evaluate"].append(m.name) or method_row(p, m, *a)
     )
     monkeypatch.setattr(
         stress, "search", lambda *a, **k: calls["search"].append(k["seed"]) or search(*a, **k)
