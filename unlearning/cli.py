@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(
+            "error: interrupted; what was written is kept (`worstforget stress` resumes when rerun with the "
+            "same --out)",
+            file=sys.stderr,
+        )
         return 130
 
 
