@@ -420,6 +420,8 @@ def profile(
     ``device``: move ``inner_init``, ``outer`` and the tensors in list/tuple/dict data there (the losses'
     own tensors are yours to place); None: where ``outer`` is. ``on_error``: ``"record"`` (a solver that
     raises gets a row with ``failed`` set; if every solver fails the first error is raised) or ``"raise"``.
+    ``warmup``: untimed calls per solver before the timed ones; the first call, whose hypergradient is
+    reported, is always made, so ``warmup=0`` and ``warmup=1`` both leave one untimed call.
     Deterministic data (None, a list of batches, a callable step -> batch) makes every repeat the same call.
     """
     if not isinstance(problem, BilevelProblem):

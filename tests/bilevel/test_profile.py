@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +163,22 @@ def test_profile_is_exported_and_documented():
     doc = profile_module.__doc__
     for words in ("median", "max_memory_allocated", "profiler", "hvp_count", "Newton", "CG"):
         assert words in doc
+
+
+PROFILING_DOC = Path(__file__).resolve().parents[2] / "docs" / "profiling.md"
+
+
+def test_profiling_doc_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", PROFILING_DOC.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    scope: dict = {}
+    exec(compile(blocks[0], str(PROFILING_DOC), "exec"), scope)
+    result = scope["result"]
+    assert result.reference.startswith("exact implicit") and result.reference_info["inner_grad_norm"] < 1e-10
+    assert result["implicit T=100 CG(10)"].rel_error < 1e-8
+    assert result["implicit T=100 CG(10)"].hvp_count == 10
+    assert result["unrolled T=100"].rel_error < 1e-8 < 1e-3 < result["unrolled T=10"].rel_error
+    assert result["partial T=100"].rel_error > 0.99  # f has no direct λ term: ∂f/∂λ = 0
+    assert result["unrolled T=10"].peak_bytes < result["unrolled T=100"].peak_bytes  # graph grows with T
+    out = capsys.readouterr().out
+    assert "rel. error" in out and "unrolled T=100 checkpoint" in out
