@@ -16,9 +16,9 @@ from unlearning.commands import CLIError, check_at_least_one, check_device
 PROBLEMS = ("ridge", "weighted-ridge", "logistic", "quadratic", "mlp-reweight")
 # problem -> (default --dim, default --outer-dim, what the two sizes are)
 SIZES: dict[str, tuple[int, int | None, str]] = {
-    "ridge": (50, None, "--dim features p; --outer-dim 1 (one λ) or p (per-feature λ, the default)"),
+    "ridge": (50, None, "--dim features p; --outer-dim 1 (one λ) or p (one λ per feature)"),
     "weighted-ridge": (20, 500, "--dim features p; --outer-dim training rows n (one weight each)"),
-    "logistic": (20, None, "--dim features p; --outer-dim 1 (one λ) or p (per-feature λ, the default)"),
+    "logistic": (20, None, "--dim features p; --outer-dim 1 (one λ) or p (one λ per feature)"),
     "quadratic": (50, 10, "--dim inner size d_y; --outer-dim outer size d_x"),
     "mlp-reweight": (32, 500, "--dim hidden units; --outer-dim training digits n (one weight each)"),
 }
@@ -45,6 +45,12 @@ REFERENCES = ("auto", "exact", "closed-form")
 MLP_WEIGHT_DECAY = 1e-3
 MLP_LR = 0.1
 
+
+def _defaults(problem: str) -> str:
+    dim, outer, _ = SIZES[problem]
+    return f" (default {dim}, {outer if outer else dim})"
+
+
 DESCRIPTION = f"""Profile hypergradient solvers on a built-in bi-level problem (bilevel.profile).
 
 For every solver: wall time of one hypergradient (inner solve included; median of --repeats interleaved
@@ -55,14 +61,16 @@ hypergradient. Every solver runs --steps inner steps of gradient descent from th
 the convex problems, {MLP_LR} on the MLP); iterative linear solvers run --linear-iters iterations.
 
 Problems and sizes:
-  ridge           {SIZES["ridge"][2]}
-  weighted-ridge  {SIZES["weighted-ridge"][2]}
-  logistic        {SIZES["logistic"][2]}
-  quadratic       {SIZES["quadratic"][2]}
-  mlp-reweight    {SIZES["mlp-reweight"][2]}
+  ridge           {SIZES["ridge"][2]}{_defaults("ridge")}
+  weighted-ridge  {SIZES["weighted-ridge"][2]}{_defaults("weighted-ridge")}
+  logistic        {SIZES["logistic"][2]}{_defaults("logistic")}
+  quadratic       {SIZES["quadratic"][2]}{_defaults("quadratic")}
+  mlp-reweight    {SIZES["mlp-reweight"][2]}{_defaults("mlp-reweight")}
                   (digits, MLP 64-H-10, per-sample weights sigmoid(x_i), weight decay {MLP_WEIGHT_DECAY})
 
-Solvers (--solvers, comma list, or "all"): {", ".join(SOLVERS)}.
+Solvers (--solvers, comma list, or "all"):
+  {", ".join(SOLVERS[:6])},
+  {", ".join(SOLVERS[6:])}.
   unrolled-truncated differentiates the last --truncate steps; direct is Implicit with a dense solve;
   f2sa is FirstOrder("f2sa", sigma=100). Forward costs one pass per outer entry (keep --outer-dim small);
   direct materialises the inner Hessian (one HVP per inner entry).
@@ -74,7 +82,7 @@ inner entries); closed-form; or a solver name.
 
 Examples:
   worstforget bench                                      # ridge, p = 50, 50 per-feature penalties
-  worstforget bench --problem logistic --dim 64 --steps 200 --solvers all --out runs/bench
+  worstforget bench --problem logistic --dim 20 --steps 200 --solvers all --out runs/bench
   worstforget bench --problem mlp-reweight --dim 32 --outer-dim 500 --steps 50"""
 
 
