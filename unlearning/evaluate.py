@@ -22,6 +22,8 @@ __all__ = ["COLUMNS", "build_methods", "default_methods", "evaluate_methods", "m
 
 #: The columns of every row: metrics in percent, Avg. Gap to Retrain, run time in seconds.
 COLUMNS = ("UA", "RA", "TA", "MIA", "avg_gap", "seconds")
+#: Reference rows of every report: not names a tested method may take.
+RESERVED = ("original", "retrain")
 
 
 def default_methods() -> list[str]:
@@ -36,7 +38,7 @@ def build_methods(
 ) -> list[Any]:
     """Each spec of ``methods`` (a registry name, a `Method`, or ``"pkg.module:Attr"``;
     `unlearning.methods.resolve`) built with ``hparams[spec]`` (keyed by the spec as given, or by the
-    method's name). ``ValueError`` for an empty list, an unresolvable spec, Retrain (the reference), repeated
+    method's name). ``ValueError`` for an empty list, an unresolvable spec, a name in `RESERVED`, repeated
     names, or hyper-parameters for a method that is not listed."""
     from .methods import resolve
 
@@ -53,11 +55,17 @@ def build_methods(
         used.update(keys)
         built.append(resolve(spec, **hp) if hp else plain)
     names = [m.name for m in built]
-    if "retrain" in names:
-        raise ValueError("retrain is the reference every method is compared with: leave it out of methods")
+    for name in names:
+        if name in RESERVED:
+            raise ValueError(
+                f"{name!r} is a reference row of every report, not a method to test: leave it out of methods"
+            )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"methods has repeated names {repeated}: list each method once")
+        raise ValueError(
+            f"two methods share the name {repeated[0]!r} (names: {', '.join(names)}); list each once, or "
+            "give your own a distinct `name` (e.g. a subclass with name = 'my_ft')"
+        )
     unused = sorted(set(given) - used)
     if unused:
         raise ValueError(f"hyper-parameters given for {unused}, which are not among the methods {names}")

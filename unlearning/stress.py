@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from . import metrics
-from .evaluate import method_row
+from .evaluate import RESERVED, build_methods, method_row
 from .methods import REGISTRY, resolve
 from .worst_case import HYPERGRADS, SearchResult, resolve_budget, search
 
@@ -47,7 +47,6 @@ DEFAULT_METHODS = tuple(name for name in REGISTRY if name != "retrain")
 DEFAULT_SEEDS = (0, 1, 2)
 METRICS = ("UA", "RA", "TA", "MIA")
 COLUMNS = (*METRICS, "avg_gap", "seconds")
-RESERVED = ("original", "retrain")
 REPORT = "report.json"
 FORMAT = 1
 
@@ -103,43 +102,15 @@ def _split(methods: Sequence[Any] | str) -> list[Any]:
 def resolve_methods(
     methods: Sequence[Any] | str, method_hparams: dict[str, dict[str, Any]] | None = None
 ) -> list[Any]:
-    """Method objects from names, objects or ``"pkg.module:Class"`` specs (a comma-separated string is split),
-    with ``method_hparams[name]`` applied to the named ones. Names (``method.name``) must be unique and not
-    ``original`` or ``retrain``; raises `StressInputError` otherwise."""
-    specs = _split(methods)
-    if not specs:
-        raise StressInputError("methods", "empty: name at least one unlearning method (e.g. ft,rl,salun)")
-    hp = {str(k).lower(): dict(v) for k, v in (method_hparams or {}).items()}
-    built = []
-    for spec in specs:
-        key = spec.strip().lower() if isinstance(spec, str) and ":" not in spec else None
-        try:
-            built.append(resolve(key if key is not None else spec, **(hp.get(key, {}) if key else {})))
-        except (ValueError, TypeError) as err:
-            raise StressInputError("methods", str(err)) from None
-    names = [m.name for m in built]
-    for name in names:
-        if name in RESERVED:
-            raise StressInputError(
-                "methods",
-                f"{name!r} is a reference row of every report, not a method to test: leave it out",
-            )
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise StressInputError(
-            "methods",
-            f"two methods share the name {repeated[0]!r} (names: {', '.join(names)}); give each a distinct "
-            "`name` (e.g. a subclass with name = 'my_ft')",
-        )
-    by_name = {s.lower() for s in specs if isinstance(s, str) and ":" not in s}
-    unused = sorted(set(hp) - by_name)
-    if unused:
-        raise StressInputError(
-            "method_hparams",
-            f"hyper-parameters given for {unused[0]!r}, which is not a registry method among {names} given "
-            "by name (set the values of an object or a package.module:Class on the object or class)",
-        )
-    return built
+    """Method objects from names, objects or ``"pkg.module:Class"`` specs (a comma-separated string is split):
+    `unlearning.evaluate.build_methods`, its ``ValueError`` raised as `StressInputError` naming
+    ``method_hparams`` or ``methods``."""
+    try:
+        return build_methods(_split(methods), method_hparams)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        param = "method_hparams" if "hyper-parameters" in text or "hyper-parameter" in text else "methods"
+        raise StressInputError(param, text) from None
 
 
 def _check_steps(value: Any, param: str) -> None:

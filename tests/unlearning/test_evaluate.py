@@ -47,7 +47,8 @@ def test_build_methods_checks_names_and_hparams():
     for methods, hp, match in (
         ([], None, "empty"),
         (["retrain"], None, "reference"),
-        (["ft", "ft"], None, "repeated"),
+        (["ft", "ft"], None, "share the name"),
+        (["original"], None, "unknown unlearning method"),
         (["nope"], None, "unknown"),
         (["ft"], {"ga": {"lr": 0.1}}, "not among the methods"),
         (["ft"], {"ft": {"nope": 1}}, "nope"),

@@ -240,7 +240,7 @@ def test_method_objects_and_specs_are_named_by_their_name(tmp_path, cache_dir):
 
 
 def test_hparams_only_for_methods_given_by_name():
-    with pytest.raises(stress.StressInputError, match="not a registry method") as err:
+    with pytest.raises(stress.StressInputError, match="already built") as err:
         stress_test(methods=[GA()], method_hparams={"ga": {"lr": 0.1}}, seeds=[0])
     assert err.value.param == "method_hparams"
 
