@@ -203,7 +203,7 @@ def scaling_section(
                 series2={
                     n: [(r[key], _mem(r["solvers"][n])) for r in rows if n in r["solvers"]] for n in names
                 },
-                ylabel2="peak bytes (CPU allocator; saved tensors where absent)",
+                ylabel2="peak bytes (allocator)",
             )
         out += [
             f"### Against {label}",

@@ -154,7 +154,7 @@ def sweep_outer(
     rounds: int,
     budget_s: float,
     p: int = 1000,
-    T: int = 30,
+    T: int = 100,
 ) -> dict[str, Any]:
     """Ridge (inner dim ``p``) against the number of penalties (outer entries), T = S = ``T``, K = 20."""
     rows = []
