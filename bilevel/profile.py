@@ -66,6 +66,7 @@ _INFO_KEYS = (
     "linear_solver",
     "warm_started",
     "mode",
+    "indefinite",
 )
 
 

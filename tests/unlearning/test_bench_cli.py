@@ -57,7 +57,7 @@ def test_exact_reference_and_a_solver_name_as_reference(tmp_path):
     assert rows[0]["rel_error"] == 0.0
 
 
-def test_mlp_reweighting_on_digits(tmp_path):
+def test_mlp_reweighting_on_digits(tmp_path, capsys):
     argv = ["--problem", "mlp-reweight", "--outer-dim", "40", "--steps", "5"]
     assert _run(tmp_path, *argv, "--solvers", "unrolled,unrolled-checkpoint,direct") == 0
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -67,14 +67,15 @@ def test_mlp_reweighting_on_digits(tmp_path):
     assert report["config"]["damping"] == bench.MLP_DEFAULT_DAMPING  # the MLP's default
     assert rows["direct"]["hvp_count"] == 4 * 64 + 4 + 10 * 4 + 10  # one per inner parameter
     assert "MLP 64-4-10" in report["problem"]
-    # CG on the MLP: a Hessian with negative curvature is a failed row (its message names the fix), unless
-    # damped enough
+    # CG on the MLP: negative curvature stops it early, and the table says so (the fix: more damping)
     assert _run(tmp_path, *argv, "--solvers", "unrolled,implicit-cg", "--damping", "0") == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["profile"]["rows"]
-    assert rows[1]["failed"].startswith("IndefiniteHessianError") and "damping" in rows[1]["failed"]
+    assert rows[1]["failed"] is None and rows[1]["info"]["indefinite"] is True
+    assert "negative curvature" in (tmp_path / "bench.md").read_text()
+    assert "raise --damping" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
     assert _run(tmp_path, *argv, "--solvers", "unrolled,implicit-cg", "--damping", "1") == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["profile"]["rows"]
-    assert rows[1]["failed"] is None and 0 < rows[1]["rel_error"] < 10
+    assert rows[1]["info"]["indefinite"] is False and 0 < rows[1]["rel_error"] < 10
 
 
 @pytest.mark.parametrize(

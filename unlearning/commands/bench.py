@@ -36,7 +36,8 @@ SOLVERS = (
     "f2sa",
 )
 DEFAULT_SOLVERS = "unrolled,unrolled-checkpoint,implicit-cg,implicit-neumann,direct,first-order-partial"
-# The MLP: no dense solve (d_θ HVPs per call), and CG damped (its Hessian is indefinite away from a minimum).
+# The MLP: no dense solve (d_θ HVPs per call), and CG damped (its Hessian is indefinite away from a minimum;
+# CG stops at negative curvature and the table notes it).
 MLP_DEFAULT_SOLVERS = (
     "unrolled,unrolled-checkpoint,unrolled-truncated,implicit-cg,implicit-neumann,first-order-partial"
 )
@@ -352,7 +353,9 @@ def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncat
         "unrolled-checkpoint": lambda: Unrolled(sgd, steps, checkpoint=True),
         "unrolled-truncated": lambda: Unrolled(sgd, steps, truncate=min(truncate, steps)),
         "forward": lambda: Forward(sgd, steps, max_directions=10**6),
-        "implicit-cg": lambda: Implicit(sgd, steps, CG(max_iter=iters, tol=1e-12, damping=damping)),
+        "implicit-cg": lambda: Implicit(
+            sgd, steps, CG(max_iter=iters, tol=1e-12, damping=damping, on_indefinite="warn")
+        ),
         "implicit-neumann": lambda: Implicit(sgd, steps, Neumann(alpha=lr, max_iter=iters)),
         "implicit-fixed-point": lambda: Implicit(sgd, steps, FixedPoint(alpha=lr, max_iter=iters, tol=0.0)),
         "direct": lambda: Implicit(sgd, steps, Direct()),
@@ -454,6 +457,7 @@ def markdown(report: dict[str, Any], prof: Any) -> str:
             f"Problem: {report['problem']}. {report['config']['steps']} inner steps per solver.",
             "",
             prof.table("markdown"),
+            *[f"{line}\n" for line in indefinite_notes(prof)],
             f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} "
             f"({m['torch_threads']} threads){gpu}.",
             "",
@@ -479,6 +483,18 @@ def print_table(prof: Any, problem: str) -> None:
     console.print(f"reference: {prof.reference}; memory: {prof.memory_kind}; {prof.repeats} repeats")
     for line in prof.failures():
         console.print(f"failed: {line}", markup=False)
+    for line in indefinite_notes(prof):
+        console.print(line, markup=False)
+
+
+def indefinite_notes(prof: Any) -> list[str]:
+    """A line per CG solve that met negative curvature (``CG(on_indefinite="warn")`` stops there)."""
+    return [
+        f"note: {r.name}: CG met negative curvature (the inner Hessian is indefinite at the returned point) "
+        "and stopped early; its hypergradient is unreliable: raise --damping or --steps"
+        for r in prof.rows
+        if r.info.get("indefinite")
+    ]
 
 
 def plot(prof: Any, path: Path, title: str) -> None:
