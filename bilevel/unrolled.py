@@ -37,9 +37,11 @@ class _Replay:
     """A data stream that can be replayed: checkpointed backward passes revisit earlier steps.
 
     A replayed step sees the same batch and leaves the loss (dropout) the same random stream as in the
-    forward pass. A callable (random access) is called again with the RNG state it had before its first call
-    (so random mini-batch indices repeat; only that state is kept per step); an iterable's batches are
-    cached, O(T) of them, because an iterator cannot go back.
+    forward pass. Every replay starts at a segment's first step with the RNG state saved there, and makes
+    the same calls (data, then loss) in the same order as the forward pass, so a callable (random access) is
+    simply called again: it meets the same RNG state and draws the same mini-batch, and nothing is kept per
+    step. An iterable's batches are cached, O(T) of them, with the RNG state after each, because an iterator
+    cannot go back.
     """
 
     def __init__(self, stream: DataStream) -> None:
@@ -47,16 +49,13 @@ class _Replay:
         self.cache: dict[int, tuple[Any, Any]] = {}
 
     def __call__(self, step: int) -> Any:
-        if step not in self.cache:
-            before = rng_state()
-            batch = self.stream(step)
-            self.cache[step] = (before, None) if self.stream.random_access else (None, (batch, rng_state()))
-            return batch
-        before, kept = self.cache[step]
-        if kept is None:  # call the data function again from the same random state
-            _set_rng(before)
+        if self.stream.random_access:
             return self.stream(step)
-        batch, after = kept
+        if step not in self.cache:
+            batch = self.stream(step)
+            self.cache[step] = (batch, rng_state())
+            return batch
+        batch, after = self.cache[step]
         _set_rng(after)
         return batch
 

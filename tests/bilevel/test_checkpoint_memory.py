@@ -59,3 +59,42 @@ def test_checkpointing_is_sublinear_in_steps_with_the_same_gradient():
     assert peaks[256][0] / peaks[16][0] > 12
     assert peaks[256][1] / peaks[16][1] < 6
     assert peaks[256][1] < peaks[256][0] / 8
+
+
+def test_checkpointing_keeps_no_per_step_state_for_callable_data():
+    """A random-access data stream is replayed by calling it again from the segment's saved RNG state, so
+    nothing is stored per step (a CPU RNG state is ~5 KB: at T = 64 on a small problem, per-step states used
+    to make the checkpointed peak *larger* than the full unroll's). Allocator peak from profiler events."""
+    from bilevel import BilevelProblem
+    from bilevel.profile import cpu_allocator_peak
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, dtype=torch.float64, generator=gen)
+    y = torch.randn(200, dtype=torch.float64, generator=gen)
+
+    def inner(th, o, idx):
+        return ((x[idx] @ th["w"] - y[idx]) ** 2).mean() + (o["lam"] * th["w"] ** 2).sum()
+
+    def outer(th, o, batch):
+        return ((x @ th["w"] - y) ** 2).mean()
+
+    problem = BilevelProblem(inner, outer)
+    lam = {"lam": torch.full((10,), 0.1, dtype=torch.float64)}
+    theta = {"w": torch.zeros(10, dtype=torch.float64)}
+
+    def data(step):
+        return torch.randint(0, 200, (32,))  # random mini-batches: replay must draw the same ones
+
+    peaks, grads = {}, {}
+    for ckpt in (False, True):
+        solver = Unrolled(optim.SGD(lr=0.05), steps=64, checkpoint=ckpt)
+        torch.manual_seed(1)
+        grads[ckpt] = solver.hypergrad(problem, theta, lam, inner_data=data).grad["lam"]
+        peak, kind = cpu_allocator_peak(lambda s=solver: s.hypergrad(problem, theta, lam, inner_data=data))
+        if peak is None:
+            import pytest
+
+            pytest.skip(f"no allocator peak on this build: {kind}")
+        peaks[ckpt] = peak
+    assert float((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-12
+    assert peaks[True] < 0.5 * peaks[False], peaks
