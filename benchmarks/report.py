@@ -314,6 +314,7 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str, wri
         "make bench          # pytest benchmarks --benchmark-only → benchmarks/results.json; then",
         "                    # python -m benchmarks.accuracy_cost → docs/accuracy_cost.{md,png}; then",
         "                    # python -m benchmarks.report → docs/benchmarks.md and docs/benchmarks/*.png",
+        "                    # (about 17 min on the 2-core CPU, one thread: 15 pytest + 2 accuracy_cost)",
         "WORSTFORGET_BENCH_THREADS=1 make bench  # one torch thread: what the tables below used (shared CPU)",
         "WORSTFORGET_BENCH_DEVICE=cuda make bench   # or: make bench ARGS='--device cuda'",
         "python -m benchmarks.accuracy_cost --out docs/   # docs/accuracy_cost.md and docs/accuracy_cost.png",
