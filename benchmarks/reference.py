@@ -121,7 +121,7 @@ def scaled_ridge(
     def inner_loss(inner: Params, outer: Params, batch: Any = None) -> Tensor:
         w = inner["w"]
         r = Xd @ w - yd
-        lam_e = outer["lam"] if groups == p else outer["lam"][idx_d]
+        lam_e = outer["lam"] if groups in (1, p) else outer["lam"][idx_d]  # (1,) broadcasts over w
         return 0.5 * (r @ r) / n + 0.5 * (lam_e * w * w).sum()
 
     def outer_loss(inner: Params, outer: Params, batch: Any = None) -> Tensor:
