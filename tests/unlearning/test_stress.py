@@ -31,6 +31,21 @@ def cli_run(tmp_path_factory, cache_dir):
     return out, json.loads((out / "report.json").read_text())
 
 
+def test_search_batch_size_reaches_the_search(tmp_path, cache_dir):
+    """--search-batch-size N: the search's lower level uses seeded mini-batches of N (recorded in the report's
+    config and the saved set)."""
+    argv = ["stress", "--methods", "ft", "--seeds", "0", "--upper-steps", "3", "--lower-steps", "4"]
+    with one_thread():
+        assert (
+            main([*argv, "--search-batch-size", "64", "--out", str(tmp_path), "--cache-dir", str(cache_dir)])
+            == 0
+        )
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["config"]["search_options"]["batch_size"] == 64
+    found = SearchResult.load(tmp_path / "sets" / "seed0.json")
+    assert found.config["batch_size"] == 64
+
+
 def test_report_rows_summary_sets_and_plots(cli_run):
     out, rep = cli_run
     assert rep["complete"] is True
@@ -270,6 +285,7 @@ def test_duplicate_names_are_refused():
         (["--search-method", "zzz"], "--search-method"),
         (["--upper-steps", "0"], "--upper-steps"),
         (["--lower-steps", "0"], "--lower-steps"),
+        (["--search-batch-size", "0"], "--search-batch-size"),
         (["--hp", "rl.nope=1", "--methods", "rl"], "--hp"),
         (["--hp", "ga.lr=1", "--methods", "rl"], "--hp"),
         (["--hp", "rl.lr=-1", "--methods", "rl"], "--hp"),
