@@ -70,7 +70,9 @@ def _target_lines(e: dict[str, Any]) -> list[str]:
         if cfg:
             line += (
                 f" Full unroll T = {e['unrolled_T']}: rel. error {e['unrolled_rel_error']:.1e}; the cheapest "
-                f"implicit setting at least as accurate is S = {cfg['S']}, K = {cfg['K']} (error "
+                f"implicit setting at least as accurate is S = {cfg['S']} inner steps of "
+                f"{cfg.get('inner', 'gradient descent')} (the implicit hypergradient needs the inner "
+                f"solution, not the path, so any inner solver will do), K = {cfg['K']} CG iterations (error "
                 f"{cfg['rel_error']:.1e}), {_x(e.get('speedup_over_unrolled'))} faster than the unroll "
                 f"({_ms(e.get('implicit_median_s'))} vs {_ms(e.get('unrolled_median_s'))} ms); its S inner "
                 f"steps alone take {_ms(e.get('inner_alone_median_s'))} ms "
