@@ -27,7 +27,9 @@ Examples:
   worstforget stress --methods ft,rl,salun --tune --out runs/stress
   worstforget stress --methods salun,mypkg.mymodule:MyMethod --out runs/mine
   worstforget stress --class-wise --forget-fraction 0.1 --out runs/classwise
-  worstforget stress --dataset cifar10 --model resnet18 --device cuda --data-dir data"""
+  worstforget stress --dataset mnist5k --model cnn --search-batch-size 256 --out runs/mnist
+  worstforget stress --dataset cifar10 --model resnet18 --device cuda --search-batch-size 256 \\
+      --data-dir data"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
