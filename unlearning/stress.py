@@ -227,6 +227,24 @@ def _row(
     }
 
 
+def _failed_row(selection: str, seed: int, method: str, err: Exception) -> dict:
+    """The row of a run that diverged (NaN or inf loss): no metrics (null in JSON) and the error message."""
+    return {
+        "selection": selection,
+        "seed": seed,
+        "method": method,
+        **{k: None for k in METRICS},
+        "seconds": None,
+        "avg_gap": None,
+        "error": " ".join(str(err).split()),
+    }
+
+
+def _fmt(value: float | None, spec: str = ".2f", missing: str = "diverged") -> str:
+    """A summary number, or ``missing`` where every run of it diverged (None)."""
+    return missing if value is None else format(value, spec)
+
+
 def _mean_std(values: Sequence[float]) -> list[float]:
     n = len(values)
     mean = sum(values) / n
@@ -235,19 +253,31 @@ def _mean_std(values: Sequence[float]) -> list[float]:
 
 
 def summarize(results: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[dict, dict]:
-    """``summary[selection][method][column] = [mean, std]`` over seeds, and ``gap_increase[method]`` = mean
-    Avg. Gap on the worst-case sets − on the random ones, from the result rows."""
-    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    """``summary[selection][method][column] = [mean, std]`` over the seeds whose run finished (a diverged run,
+    `_failed_row`, is left out and counted in ``summary[selection][method]["diverged"]``; [None, None] when
+    every run diverged), and ``gap_increase[method]`` = mean Avg. Gap on the worst-case sets − on the random
+    ones, for the methods with a mean on both."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
     for selection in SELECTIONS:
         summary[selection] = {}
         for name in (*RESERVED, *names):
             rows = [r for r in results if r["selection"] == selection and r["method"] == name]
-            if rows:
-                summary[selection][name] = {c: _mean_std([r[c] for r in rows]) for c in COLUMNS}
+            if not rows:
+                continue
+            ran = [r for r in rows if r["avg_gap"] is not None]
+            entry: dict[str, Any] = {
+                c: _mean_std([r[c] for r in ran]) if ran else [None, None] for c in COLUMNS
+            }
+            if len(ran) < len(rows):
+                entry["diverged"] = len(rows) - len(ran)
+            summary[selection][name] = entry
     gap_increase = {
         n: summary["worst"][n]["avg_gap"][0] - summary["random"][n]["avg_gap"][0]
         for n in names
-        if n in summary["worst"] and n in summary["random"]
+        if n in summary["worst"]
+        and n in summary["random"]
+        and summary["worst"][n]["avg_gap"][0] is not None
+        and summary["random"][n]["avg_gap"][0] is not None
     }
     return summary, gap_increase
 
@@ -401,7 +431,11 @@ def stress_test(
                 step(f"seed {seed}, {selection} set: {method.name}")
                 if store.row(selection, seed, method.name) is not None:
                     continue
-                row = method_row(get_prepared(), _variant(method, chosen[method.name]), retrain, seed)
+                try:
+                    row = method_row(get_prepared(), _variant(method, chosen[method.name]), retrain, seed)
+                except FloatingPointError as err:  # the method diverged here: record it, go on with the rest
+                    store.add("results", _failed_row(selection, seed, method.name, err))
+                    continue
                 store.add("results", _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"]))
     summary, gap_increase = summarize(store.data["results"], names)
     store.data.update(
@@ -578,8 +612,12 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for name, vals in summary[selection].items():
-            cells = " | ".join(f"{vals[c][0]:.2f} ± {vals[c][1]:.2f}" for c in COLUMNS)
-            lines.append(f"| {name} | {cells} |")
+            if vals["avg_gap"][0] is None:
+                cells = " | ".join("diverged" for _ in COLUMNS)
+            else:
+                cells = " | ".join(f"{vals[c][0]:.2f} ± {vals[c][1]:.2f}" for c in COLUMNS)
+            note = f" ({vals['diverged']} seed(s) diverged)" if vals.get("diverged") else ""
+            lines.append(f"| {name}{note} | {cells} |")
         lines.append("")
     lines += [
         "## Gap increase on the worst-case set",
@@ -590,11 +628,23 @@ def markdown(report: dict[str, Any]) -> str:
     for name, inc in sorted(report["gap_increase"].items(), key=lambda kv: -kv[1]):
         r, w = summary["random"][name]["avg_gap"][0], summary["worst"][name]["avg_gap"][0]
         lines.append(f"| {name} | {r:.2f} | {w:.2f} | {inc:+.2f} |")
-    mean_r = sum(summary["random"][n]["avg_gap"][0] for n in names) / len(names)
-    mean_w = sum(summary["worst"][n]["avg_gap"][0] for n in names) / len(names)
+    ran = list(report["gap_increase"])  # the methods with a mean gap on both sets
+    mean_r = sum(summary["random"][n]["avg_gap"][0] for n in ran) / max(1, len(ran))
+    mean_w = sum(summary["worst"][n]["avg_gap"][0] for n in ran) / max(1, len(ran))
     ua_r, ua_w = summary["random"]["retrain"]["UA"][0], summary["worst"]["retrain"]["UA"][0]
+    failed = [r for r in report["results"] if r.get("error")]
     lines += [
         f"| **mean of the methods** | {mean_r:.2f} | {mean_w:.2f} | {mean_w - mean_r:+.2f} |",
+        "",
+        *(
+            [f"Mean over the {len(ran)} of {len(names)} methods that ran on both sets."]
+            if len(ran) < len(names)
+            else []
+        ),
+        *(
+            f"Diverged: {r['method']} on the {r['selection']} set of seed {r['seed']} ({r['error']})."
+            for r in failed
+        ),
         "",
         f"Retrain's UA: {ua_r:.2f} on the random sets, {ua_w:.2f} on the worst-case sets.",
         "",
@@ -638,6 +688,10 @@ def markdown(report: dict[str, Any]) -> str:
 PLOTS = ("avg_gap.png", "ua_mia.png", "search.png")
 
 
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     """Three PNGs in ``out`` (`PLOTS`): Avg. Gap per method on the random and worst-case sets (error bars:
     std over seeds); UA and MIA-Efficacy per method, Retrain included, on both; the search objective F per
@@ -659,8 +713,8 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     def bars(ax: Any, rows: list[str], column: str, label: str) -> None:
         xs = range(len(rows))
         for shift, selection in ((-0.2, "random"), (0.2, "worst")):
-            means = [summary[selection][n][column][0] for n in rows]
-            stds = [summary[selection][n][column][1] for n in rows]
+            means = [_nan(summary[selection][n][column][0]) for n in rows]
+            stds = [_nan(summary[selection][n][column][1]) for n in rows]
             ax.bar([x + shift for x in xs], means, 0.4, yerr=stds, color=colors[selection], label=selection)
         ax.set_xticks(list(xs), rows, rotation=30, ha="right")
         ax.set_ylabel(label)

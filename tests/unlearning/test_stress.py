@@ -299,3 +299,44 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, flag):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: argument {flag}") and "\n" not in err
     assert not any(tmp_path.iterdir())
+
+
+class Diverges:
+    """A method whose every run diverges (what `Method.unlearn` raises on a NaN loss)."""
+
+    name = "diverges"
+
+    def unlearn(self, model, task):
+        raise FloatingPointError("loss became nan at epoch 1")
+
+
+def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache_dir, capsys):
+    with one_thread():
+        rep = stress_test(
+            methods=[Diverges(), "ga"],
+            seeds=[0],
+            search_method="ga",
+            cache_dir=cache_dir,
+            out=tmp_path,
+            **SMALL,
+        )
+    assert rep["complete"] is True
+    bad = [r for r in rep["results"] if r["method"] == "diverges"]
+    assert len(bad) == 2 and all(r["avg_gap"] is None and "nan" in r["error"] for r in bad)
+    assert all(r["avg_gap"] is not None for r in rep["results"] if r["method"] == "ga")
+    for selection in stress.SELECTIONS:
+        assert rep["summary"][selection]["diverges"]["avg_gap"] == [None, None]
+        assert rep["summary"][selection]["diverges"]["diverged"] == 1
+    assert set(rep["gap_increase"]) == {"ga"}
+    text = (tmp_path / "report.md").read_text()
+    assert "Diverged: diverges on the random set of seed 0" in text and "1 of 2 methods" in text
+    assert all((tmp_path / p).exists() for p in stress.PLOTS)
+    from unlearning.commands.stress import print_table
+
+    print_table(rep, tmp_path)  # the terminal table marks the diverged cells and lists the runs
+    shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert "n/a" in shown and "diverges (random, seed 0)" in shown
+    again = stress_test(
+        methods=[Diverges(), "ga"], seeds=[0], search_method="ga", cache_dir=cache_dir, out=tmp_path, **SMALL
+    )  # resumes: the recorded failure is not retried
+    assert again["results"] == rep["results"]

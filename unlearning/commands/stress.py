@@ -247,7 +247,7 @@ def print_table(report: dict[str, Any], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from unlearning.stress import PLOTS, _describe
+    from unlearning.stress import PLOTS, _describe, _fmt
 
     summary = report["summary"]
     table = Table(
@@ -261,9 +261,9 @@ def print_table(report: dict[str, Any], out: Path) -> None:
         delta = report["gap_increase"].get(name)
         table.add_row(
             name,
-            *(f"{v:.2f}" for v in (r["UA"][0], w["UA"][0], r["MIA"][0], w["MIA"][0])),
-            f"{r['avg_gap'][0]:.2f}",
-            f"{w['avg_gap'][0]:.2f}",
+            *(_fmt(v, missing="n/a") for v in (r["UA"][0], w["UA"][0], r["MIA"][0], w["MIA"][0])),
+            _fmt(r["avg_gap"][0], missing="n/a"),
+            _fmt(w["avg_gap"][0], missing="n/a"),
             "" if delta is None else f"{delta:+.2f}",
             end_section=name == "retrain",
         )
@@ -272,5 +272,11 @@ def print_table(report: dict[str, Any], out: Path) -> None:
     table.add_row("mean", "", "", "", "", f"{means[0]:.2f}", f"{means[1]:.2f}", f"{means[1] - means[0]:+.2f}")
     console = Console()
     console.print(table)
+    failed = [r for r in report["results"] if r.get("error")]
+    if failed:
+        console.print(
+            "n/a: diverged on every seed; diverged runs (left out of the means): "
+            + "; ".join(f"{r['method']} ({r['selection']}, seed {r['seed']})" for r in failed)
+        )
     files = ", ".join(str(out / f) for f in ("report.json", "report.md", *PLOTS))
     console.print(f"wrote {files} and {out / 'sets'}/")
