@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from . import metrics
 from .rng import seeded
 
@@ -81,9 +83,17 @@ def _row(model: Any, task: Any, seconds: float, reference: Mapping[str, float] |
 
 def method_row(prepared: Any, method: Any, reference: Mapping[str, float], seed: int) -> dict[str, float]:
     """One row: ``method`` unlearns ``prepared.task`` from θ_o in a block seeded by ``seed`` (on the
-    experiment's device); its metrics, ``avg_gap`` to the ``reference`` row (Retrain's) and ``seconds``."""
+    experiment's device); its metrics, ``avg_gap`` to the ``reference`` row (Retrain's) and ``seconds``.
+    ``FloatingPointError`` when the method diverged: a NaN/inf loss (raised by the method) or non-finite
+    weights left in the model."""
     with seeded(int(seed), prepared.device):
         result = method.unlearn(prepared.original, prepared.task)
+    bad = [name for name, p in result.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # a loss can stay finite while a step overflows the weights: the same failure as a NaN loss
+        raise FloatingPointError(
+            f"{method.name}: unlearning left non-finite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''})"
+        )
     return _row(result.model, prepared.task, result.seconds, reference)
 
 

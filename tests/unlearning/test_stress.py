@@ -310,10 +310,26 @@ class Diverges:
         raise FloatingPointError("loss became nan at epoch 1")
 
 
+class NaNWeights:
+    """A method whose loss stayed finite but whose weights overflowed."""
+
+    name = "nan_weights"
+
+    def unlearn(self, model, task):
+        import copy
+
+        from unlearning.methods import Unlearned
+
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            next(out.parameters()).fill_(float("nan"))
+        return Unlearned(out, 0.0)
+
+
 def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache_dir, capsys):
     with one_thread():
         rep = stress_test(
-            methods=[Diverges(), "ga"],
+            methods=[Diverges(), NaNWeights(), "ga"],
             seeds=[0],
             search_method="ga",
             cache_dir=cache_dir,
@@ -321,6 +337,8 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
             **SMALL,
         )
     assert rep["complete"] is True
+    nan_rows = [r for r in rep["results"] if r["method"] == "nan_weights"]
+    assert len(nan_rows) == 2 and all("non-finite weights" in r["error"] for r in nan_rows)
     bad = [r for r in rep["results"] if r["method"] == "diverges"]
     assert len(bad) == 2 and all(r["avg_gap"] is None and "nan" in r["error"] for r in bad)
     assert all(r["avg_gap"] is not None for r in rep["results"] if r["method"] == "ga")
@@ -329,7 +347,7 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
         assert rep["summary"][selection]["diverges"]["diverged"] == 1
     assert set(rep["gap_increase"]) == {"ga"}
     text = (tmp_path / "report.md").read_text()
-    assert "Diverged: diverges on the random set of seed 0" in text and "1 of 2 methods" in text
+    assert "Diverged: diverges on the random set of seed 0" in text and "1 of 3 methods" in text
     assert all((tmp_path / p).exists() for p in stress.PLOTS)
     from unlearning.commands.stress import print_table
 
@@ -337,6 +355,11 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
     shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "n/a" in shown and "diverges (random, seed 0)" in shown
     again = stress_test(
-        methods=[Diverges(), "ga"], seeds=[0], search_method="ga", cache_dir=cache_dir, out=tmp_path, **SMALL
-    )  # resumes: the recorded failure is not retried
+        methods=[Diverges(), NaNWeights(), "ga"],
+        seeds=[0],
+        search_method="ga",
+        cache_dir=cache_dir,
+        out=tmp_path,
+        **SMALL,
+    )  # resumes: the recorded failures are not retried
     assert again["results"] == rep["results"]
