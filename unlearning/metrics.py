@@ -29,10 +29,16 @@ KEYS = ("UA", "RA", "TA", "MIA")
 
 
 def logits(model: nn.Module, data: ArrayData, batch_size: int = 512) -> Tensor:
-    """``f_θ(x)`` for every row of ``data`` (eval mode, no grad, batched, on the model's device)."""
+    """``f_θ(x)`` for every row of ``data`` (eval mode, no grad, batched, on the model's device).
+
+    ``FloatingPointError`` when any is NaN or infinite: the model diverged, and no metric of it means anything
+    (an argmax over NaN would still return a class)."""
     from attacks import predict_logits
 
-    return predict_logits(model, data.x, batch_size=batch_size)
+    out = predict_logits(model, data.x, batch_size=batch_size)
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError("the model's outputs are not finite (NaN or inf logits): it diverged")
+    return out
 
 
 def accuracy(model: nn.Module, data: ArrayData, batch_size: int = 512) -> float:

@@ -310,6 +310,23 @@ class Diverges:
         raise FloatingPointError("loss became nan at epoch 1")
 
 
+class InfLogits:
+    """A method whose weights stay finite but whose outputs overflow to inf."""
+
+    name = "inf_logits"
+
+    def unlearn(self, model, task):
+        import copy
+
+        from unlearning.methods import Unlearned
+
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in out.parameters():
+                p.mul_(1e30)
+        return Unlearned(out, 0.0)
+
+
 class NaNWeights:
     """A method whose loss stayed finite but whose weights overflowed."""
 
@@ -329,7 +346,7 @@ class NaNWeights:
 def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache_dir, capsys):
     with one_thread():
         rep = stress_test(
-            methods=[Diverges(), NaNWeights(), "ga"],
+            methods=[Diverges(), NaNWeights(), InfLogits(), "ga"],
             seeds=[0],
             search_method="ga",
             cache_dir=cache_dir,
@@ -337,6 +354,8 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
             **SMALL,
         )
     assert rep["complete"] is True
+    inf_rows = [r for r in rep["results"] if r["method"] == "inf_logits"]
+    assert len(inf_rows) == 2 and all("not finite" in r["error"] for r in inf_rows)
     nan_rows = [r for r in rep["results"] if r["method"] == "nan_weights"]
     assert len(nan_rows) == 2 and all("non-finite weights" in r["error"] for r in nan_rows)
     bad = [r for r in rep["results"] if r["method"] == "diverges"]
@@ -347,7 +366,7 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
         assert rep["summary"][selection]["diverges"]["diverged"] == 1
     assert set(rep["gap_increase"]) == {"ga"}
     text = (tmp_path / "report.md").read_text()
-    assert "Diverged: diverges on the random set of seed 0" in text and "1 of 3 methods" in text
+    assert "Diverged: diverges on the random set of seed 0" in text and "1 of 4 methods" in text
     assert all((tmp_path / p).exists() for p in stress.PLOTS)
     from unlearning.commands.stress import print_table
 
@@ -355,7 +374,7 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
     shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "n/a" in shown and "diverges (random, seed 0)" in shown
     again = stress_test(
-        methods=[Diverges(), NaNWeights(), "ga"],
+        methods=[Diverges(), NaNWeights(), InfLogits(), "ga"],
         seeds=[0],
         search_method="ga",
         cache_dir=cache_dir,
