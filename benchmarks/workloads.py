@@ -636,28 +636,10 @@ def cuda_peak(fn: Callable[[], Any], device: torch.device) -> int:
 
 
 def cpu_allocator_peak(fn: Callable[[], Any]) -> dict[str, Any]:
-    """Peak bytes the CPU allocator holds during one call, above what it held at the start.
+    """`bilevel.profile.cpu_allocator_peak` (peak bytes of torch's CPU allocator during one call, from the
+    profiler's memory events; it meters everything, `Forward`'s dual tensors included) as the benchmark's
+    info keys: ``cpu_alloc_peak_bytes``, or ``cpu_alloc_note`` when the events are unavailable."""
+    import importlib
 
-    From the torch profiler's memory events (``profile_memory=True``): every allocation and free of
-    torch's CPU allocator, summed in time order. Unlike the saved-tensor hooks it counts every tensor (the
-    graph, temporaries, dual tensors inside ``torch.func``), so it also meters `Forward`. The event list is
-    a private profiler API: if it is missing, the call gets ``cpu_alloc_note`` instead.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            out = fn()
-            del out
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-        kinds = torch.autograd.DeviceType
-        cpu = {kinds.CPU, kinds.MKLDNN, kinds.IDEEP}
-        events = [e for e in events if e.device_type() in cpu]
-        events.sort(key=lambda e: e.start_ns())
-    except (AttributeError, RuntimeError) as exc:
-        return {"cpu_alloc_note": f"n/a: profiler memory events unavailable ({type(exc).__name__})"}
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return {"cpu_alloc_peak_bytes": peak}
+    peak, kind = importlib.import_module("bilevel.profile").cpu_allocator_peak(fn)
+    return {"cpu_alloc_note": f"n/a: {kind}"} if peak is None else {"cpu_alloc_peak_bytes": peak}
