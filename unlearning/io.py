@@ -5,6 +5,8 @@ old one."""
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,6 +43,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (NaN and infinities are rejected)."""
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     return write_text(path, text)
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` as plain JSON values: dicts (keys as strings), lists (from lists and tuples), numbers, strings,
+    booleans and None; a tensor becomes its number or nested list, a non-finite float becomes None, anything
+    else its ``str``. Every report, search result and cache record goes through this one function."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and hasattr(x, "numel"):  # a torch tensor (io stays importable without torch)
+        return jsonable(x.item() if x.numel() == 1 else x.tolist())
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Real):
+        return float(x) if math.isfinite(x) else None
+    return str(x)
 
 
 def _umask() -> int:
