@@ -62,6 +62,7 @@ def minimize(
     inner_data: Data = None,
     outer_data: Data = None,
     warm_start_inner: bool = True,
+    reset_solver: bool = True,
 ) -> MinimizeResult:
     """Run ``steps`` projected outer steps of ``optimizer`` (a `bilevel.optim` optimizer) on F.
 
@@ -70,6 +71,9 @@ def minimize(
     ``callback(step, outer, hypergrad)`` runs after each step; returning True stops early.
     Inner data streams continue across outer steps (each outer step consumes ``solver.steps + 1`` batches);
     outer data gives one batch per outer step.
+    ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
+    last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
+    splits one run into several ``minimize`` calls (the worst-case search's binarisation segments).
     """
     positive_int(steps, "steps")
     as_params(outer_init, "outer_init")
@@ -81,7 +85,7 @@ def minimize(
     inner_stream = DataStream(inner_data, "inner_data")
     outer_stream = DataStream(outer_data, "outer_data")
     per_step = getattr(solver, "batches_per_call", getattr(solver, "steps", 0) + 1)
-    if hasattr(solver, "reset"):  # a new run: no warm start carried over from an earlier one
+    if reset_solver and hasattr(solver, "reset"):  # a new run: no warm start carried over from an earlier one
         solver.reset()
     outer = _project(constraint, tree.detach(outer_init))
     state = optimizer.init(outer)

@@ -119,3 +119,14 @@ def test_minimize_constraint_dict_and_errors():
         )
     with pytest.raises(TypeError, match="solver"):
         minimize(ref.problem, object(), ref.outer, optim.SGD(lr=1.0), 1, inner_init=ref.inner_init)
+
+
+def test_minimize_reset_solver_false_keeps_the_implicit_warm_start():
+    ref = problems.ridge(seed=0, per_feature=True)
+    solver = Implicit(optim.SGD(lr=1.0 / ref.L), steps=5, linear_solver=CG(max_iter=3))
+    kwargs = dict(inner_init=ref.inner_init)
+    minimize(ref.problem, solver, ref.outer, optim.SGD(lr=0.1), 2, **kwargs)
+    kept = minimize(ref.problem, solver, ref.outer, optim.SGD(lr=0.1), 1, reset_solver=False, **kwargs)
+    assert kept.history[0]["info"]["warm_started"]  # v from the previous run starts the linear solve
+    fresh = minimize(ref.problem, solver, ref.outer, optim.SGD(lr=0.1), 1, **kwargs)
+    assert not fresh.history[0]["info"]["warm_started"]  # the default resets the solver first
