@@ -10,7 +10,7 @@ int64 labels.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -133,6 +133,13 @@ class Task:
         """D_r = pool minus D_f, in pool order."""
         keep = (~self.forget_mask).nonzero().squeeze(1)
         return self.pool.subset(keep.to(self.pool.x.device))
+
+    def to(self, device: torch.device | str) -> Task:
+        """This task with ``pool``, ``val`` and ``test`` on ``device``; every other field is kept
+        (``forget_index`` stays where it is: it indexes the pool, whatever device holds it)."""
+        return replace(
+            self, pool=self.pool.to(device), val=self.val.to(device), test=self.test.to(device), _cache={}
+        )
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the task seed (``offset`` separates independent streams)."""

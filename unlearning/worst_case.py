@@ -32,11 +32,12 @@ to forget. ``classwise=True`` puts one weight per class (w_i = v_{y_i}; F = Σ_c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,23 @@ from torch import Tensor, nn
 
 import bilevel
 from bilevel import CappedSimplex, optim, top_k
+from bilevel.validate import number, one_of
 
 from .data_types import ArrayData, Task
+from .io import jsonable
 from .methods.base import NoLowerLevelError
 from .rng import seeded
 from .splits import check_made_for, data_fingerprint, forget_indices
 
-__all__ = ["HYPERGRADS", "SearchResult", "search", "build_problem", "make_solver", "resolve_budget"]
+__all__ = [
+    "HYPERGRADS",
+    "SearchConfig",
+    "SearchResult",
+    "search",
+    "build_problem",
+    "make_solver",
+    "resolve_budget",
+]
 
 HYPERGRADS = ("first_order", "unrolled", "implicit")
 
@@ -116,13 +127,13 @@ class SearchResult:
             "budget": self.config.get("budget"),
             "method": self.config.get("method"),
             "mode": self.config.get("hypergrad"),
-            "fingerprint": _jsonable(self.fingerprint),
+            "fingerprint": jsonable(self.fingerprint),
             "initial_indices": [int(i) for i in self.initial_indices.tolist()],
             "objective": {k: float(v) for k, v in self.objective.items()},
             "seconds": float(self.seconds),
             "totals": self.totals(),
             "config": self.config,
-            "history": [_jsonable(h) for h in self.history],
+            "history": [jsonable(h) for h in self.history],
             "weights": [float(x) for x in self.weights.detach().cpu().double().tolist()],
         }
 
@@ -183,39 +194,27 @@ def _expected_data(expect: Any) -> dict[str, Any]:
     )
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Tensor):
-        return _jsonable(x.item() if x.numel() == 1 else x.tolist())
-    if isinstance(x, bool) or x is None or isinstance(x, str):
-        return x
-    if isinstance(x, numbers.Integral):
-        return int(x)
-    if isinstance(x, numbers.Real):
-        return float(x) if math.isfinite(x) else None
-    return str(x)
-
-
 # ------------------------------------------------------------------------------------------- validation
-def resolve_budget(budget: float | int, n: int, what: str = "pool") -> int:
-    """m from ``budget``: a float in (0, 1) is a fraction of ``n`` (m = round(budget·n), at least 1), an int
-    is a count; 1 ≤ m < n is required (``ValueError`` otherwise)."""
-    unit = "examples" if what == "pool" else "classes"
+def _check_budget(budget: Any, unit: str) -> None:
+    """What can be checked of ``budget`` without the pool: a number, and a fraction in (0, 1) if not an
+    integer (``unit``: "examples" or "classes", for the message)."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise ValueError(f"budget must be a fraction in (0, 1) or a number of {unit}, got {budget!r}")
-    if isinstance(budget, numbers.Integral):
-        m = int(budget)
-    else:
+    if not isinstance(budget, numbers.Integral):
         b = float(budget)
         if not (math.isfinite(b) and 0 < b < 1):
             raise ValueError(
                 f"budget must be a fraction in (0, 1) (e.g. 0.1) or an integer number of {unit}, "
                 f"got {budget!r}"
             )
-        m = max(1, int(round(b * n)))
+
+
+def resolve_budget(budget: float | int, n: int, what: str = "pool") -> int:
+    """m from ``budget``: a float in (0, 1) is a fraction of ``n`` (m = round(budget·n), at least 1), an int
+    is a count; 1 ≤ m < n is required (``ValueError`` otherwise)."""
+    unit = "examples" if what == "pool" else "classes"
+    _check_budget(budget, unit)
+    m = int(budget) if isinstance(budget, numbers.Integral) else max(1, int(round(float(budget) * n)))
     if not 1 <= m < n:
         raise ValueError(
             f"budget must select between 1 and {n - 1} {unit} (the {what} has {n}), got {budget!r} -> {m}"
@@ -223,13 +222,119 @@ def resolve_budget(budget: float | int, n: int, what: str = "pool") -> int:
     return m
 
 
-def _positive(value: Any, name: str, *, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-    if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)):
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+#: SearchConfig's numeric fields: name -> (an integer?, 0 allowed?), in the order they are checked (a number
+#: > 0, or >= 0 where 0 is allowed: `bilevel.validate.number`)
+_NUMBERS: dict[str, tuple[bool, bool]] = {
+    "upper_steps": (True, False),
+    "inner_steps": (True, False),
+    "gamma": (False, True),
+    "proximal": (False, True),
+    "damping": (False, True),
+    "cg_iters": (True, False),
+    "cg_tol": (False, True),
+    "inner_lr": (False, False),
+    "upper_lr": (False, False),
+    "binarize_every": (True, False),
+    "batch_size": (True, False),
+}
+#: the numeric fields where None is allowed (a default `SearchConfig.resolved` fills in, or "never"/"full")
+_DEFAULTED = frozenset({"proximal", "damping", "inner_lr", "upper_lr", "binarize_every", "batch_size"})
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every option of `search`, checked when built (a bad value is a ``ValueError`` naming the field).
+
+    ``budget`` m (a fraction of the pool in (0, 1) or a count; class-wise: of the classes; checked against
+    the pool by `resolve_budget` when the search starts), ``hypergrad`` (one of `HYPERGRADS`),
+    ``upper_steps`` and ``upper_lr`` η_w of projected descent on w, ``inner_steps`` K and ``inner_lr`` of the
+    lower level, ``gamma`` γ, ``binarize_every`` (None: never), ``classwise``, ``reverse``, ``keep_best``,
+    ``batch_size`` (None: the full pool) and ``augment`` of the lower level, implicit mode's ``proximal`` ρ,
+    ``warm_start``, ``damping`` δ, ``cg_iters`` and ``cg_tol``, and ``seed`` (the start set and the batch
+    order). ``None`` in ``inner_lr``, ``upper_lr``, ``proximal``, ``damping`` means "the default", which
+    `resolved` fills in (it needs the method for ``inner_lr``). `search`'s docstring gives the meanings.
+    """
+
+    budget: float | int = 0.1
+    hypergrad: str = "first_order"
+    upper_steps: int = 20
+    inner_steps: int = 10
+    inner_lr: float | None = None
+    upper_lr: float | None = None
+    gamma: float = 0.0
+    binarize_every: int | None = 20
+    classwise: bool = False
+    reverse: bool = False
+    keep_best: bool = True
+    batch_size: int | None = None
+    augment: bool = False
+    proximal: float | None = None
+    warm_start: bool = True
+    damping: float | None = None
+    cg_iters: int = 10
+    cg_tol: float = DEFAULT_CG_TOL
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        one_of(self.hypergrad, "hypergrad", HYPERGRADS)
+        for name, (integer, allow_zero) in _NUMBERS.items():
+            value = getattr(self, name)
+            if value is not None or name not in _DEFAULTED:
+                number(value, name, integer=integer, allow_zero=allow_zero)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("warm_start", "classwise", "reverse", "keep_best", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_budget(self.budget, "classes" if self.classwise else "examples")
+        # plain Python numbers (a NumPy scalar, or an int where a float belongs, becomes the float), so the
+        # record `asdict` makes of this config holds what the search used
+        for name, (integer, _) in _NUMBERS.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value) if integer else float(value))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def resolved(self, method: Any = None) -> SearchConfig:
+        """This config with its defaults filled in, the one place they are decided:
+
+        ``proximal`` ρ = `DEFAULT_PROXIMAL` for implicit (its CG solve needs H + ρI ≻ 0), else 0;
+        ``damping`` δ = 0 when ρ > 0, else 0.1; ``inner_lr`` = `DEFAULT_SIGN_LR` for the first-order rule
+        (signSGD), else ``method.lr`` (`DEFAULT_SGD_LR` when it has none); ``upper_lr`` =
+        `DEFAULT_UPPER_LR` (class-wise `DEFAULT_UPPER_LR_CLASSWISE`)."""
+        proximal = self.proximal
+        if proximal is None:
+            proximal = DEFAULT_PROXIMAL if self.hypergrad == "implicit" else 0.0
+        damping = self.damping if self.damping is not None else (0.0 if proximal > 0 else 0.1)
+        inner_lr = self.inner_lr
+        if inner_lr is None:
+            first_order = self.hypergrad == "first_order"
+            inner_lr = DEFAULT_SIGN_LR if first_order else float(getattr(method, "lr", DEFAULT_SGD_LR))
+        upper_lr = self.upper_lr
+        if upper_lr is None:
+            upper_lr = DEFAULT_UPPER_LR_CLASSWISE if self.classwise else DEFAULT_UPPER_LR
+        return replace(self, proximal=proximal, damping=damping, inner_lr=inner_lr, upper_lr=upper_lr)
+
+    def record(self) -> dict[str, Any]:
+        """``asdict(self)`` as a result records it: the implicit-only options (``warm_start``, ``damping``,
+        ``cg_iters``, ``cg_tol``) are None in the other modes, which have no linear solve."""
+        fields = asdict(self)
+        if self.hypergrad != "implicit":
+            fields.update(warm_start=None, damping=None, cg_iters=None, cg_tol=None)
+        return fields
+
+
+def _config_of(config: SearchConfig | None, options: dict[str, Any]) -> SearchConfig:
+    """``config`` (default: `SearchConfig()`) with the keyword ``options`` set on it."""
+    if config is not None and not isinstance(config, SearchConfig):
+        raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(SearchConfig)})
+    if unknown:
+        raise TypeError(
+            f"search() got an unexpected keyword argument {unknown[0]!r}; its options are "
+            "SearchConfig's fields, hparams, device and progress"
+        )
+    return SearchConfig(**options) if config is None else replace(config, **options)
 
 
 # ----------------------------------------------------------------------------------------- the problem
@@ -277,7 +382,7 @@ def build_problem(
     model fits the pool and H is nearly positive semi-definite), so θ*(w) is locally unique and the
     implicit-function theorem and CG apply.
     """
-    _positive(proximal, "proximal", allow_zero=True)
+    number(proximal, "proximal", allow_zero=True)
     if proximal and anchor is None:
         raise ValueError("proximal > 0 needs anchor, the weights θ_o the lower level is held near")
     rho = float(proximal)
@@ -347,27 +452,6 @@ def make_solver(
             optim.SGD(lr=inner_lr), steps=inner_steps, linear_solver=cg, warm_start=bool(warm_start)
         )
     raise ValueError(f"hypergrad must be one of {', '.join(HYPERGRADS)}, got {hypergrad!r}")
-
-
-class _CarryWarmStart:
-    """``solver`` whose ``reset`` is a no-op: `bilevel.minimize` resets a solver at the start of every run,
-    and the search runs one per binarisation segment; this keeps the implicit solver's warm-start v across
-    them (the search resets it once, at its start)."""
-
-    def __init__(self, solver: Any) -> None:
-        self.solver = solver
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["solver"], name)
-
-    def __repr__(self) -> str:
-        return repr(self.solver)
-
-    def hypergrad(self, *args: Any, **kwargs: Any) -> Any:
-        return self.solver.hypergrad(*args, **kwargs)
-
-    def reset(self) -> None:
-        """Kept on purpose: the warm start carries across segments."""
 
 
 class PoolBatches:
@@ -454,28 +538,11 @@ def search(
     target: Any,
     method: Any = "ft",
     *,
-    budget: float | int = 0.1,
-    hypergrad: str = "first_order",
-    upper_steps: int = 20,
-    inner_steps: int = 10,
-    inner_lr: float | None = None,
-    upper_lr: float | None = None,
-    gamma: float = 0.0,
-    binarize_every: int | None = 20,
-    classwise: bool = False,
-    reverse: bool = False,
-    keep_best: bool = True,
-    batch_size: int | None = None,
-    augment: bool = False,
+    config: SearchConfig | None = None,
     hparams: dict[str, Any] | None = None,
-    proximal: float | None = None,
-    warm_start: bool = True,
-    damping: float | None = None,
-    cg_iters: int = 10,
-    cg_tol: float = DEFAULT_CG_TOL,
-    seed: int = 0,
     device: str | torch.device | None = None,
     progress: Any = None,
+    **options: Any,
 ) -> SearchResult:
     """Find the worst-case (``reverse``: best-case) forget set of ``method`` (module docstring).
 
@@ -484,7 +551,10 @@ def search(
     ``lower_loss`` is the lower level, bound to the model and a task whose forget set is the random start set
     (methods that precompute something from D_f, e.g. SalUn's mask or BS's neighbour labels, use that set).
 
-    ``budget``: the forget-set size m (fraction of the pool in (0, 1) or a count; class-wise: of the classes).
+    The options are a `SearchConfig`: ``config=``, or its fields as keywords (``search(p, "ft",
+    budget=0.05)`` is ``search(p, "ft", config=SearchConfig(budget=0.05))``; keywords given with ``config``
+    replace its fields). ``budget``: the forget-set size m (fraction of the pool in (0, 1) or a count;
+    class-wise: of the classes).
     ``hypergrad``: ``"first_order"`` (signSGD lower level, the paper's rule), ``"unrolled"`` or
     ``"implicit"`` (SGD lower level). ``proximal`` ρ adds (ρ/2)‖θ − θ_o‖² to the lower level (default:
     `DEFAULT_PROXIMAL` for implicit, which needs H + ρI ≻ 0 for its linear solve; 0 otherwise). Implicit
@@ -502,78 +572,73 @@ def search(
     None = full batch. ``seed``: the random start set and the batch order (same seed → same set on CPU).
     ``device``: default, the model's. ``progress``: None (a bar unless ``WORSTFORGET_PROGRESS=0``), False,
     or a callable ``(done, total)``.
+
+    Phases: `_set_up` (start set, bound problem, solver), `_upper_loop` (segments of `bilevel.minimize`
+    between binarisations, recorded by `_Recorder`), `_final_set` (top-m, keep_best) and `_result`.
     """
     started = time.perf_counter()
     model, task, about = _resolve_target(target)
-    if hypergrad not in HYPERGRADS:
-        raise ValueError(f"hypergrad must be one of {', '.join(HYPERGRADS)}, got {hypergrad!r}")
-    _positive(upper_steps, "upper_steps", integer=True)
-    _positive(inner_steps, "inner_steps", integer=True)
-    _positive(gamma, "gamma", allow_zero=True)
-    if proximal is None:
-        proximal = DEFAULT_PROXIMAL if hypergrad == "implicit" else 0.0
-    _positive(proximal, "proximal", allow_zero=True)
-    if damping is None:
-        damping = 0.0 if proximal > 0 else 0.1
-    _positive(damping, "damping", allow_zero=True)
-    _positive(cg_iters, "cg_iters", integer=True)
-    _positive(cg_tol, "cg_tol", allow_zero=True)
-    if not isinstance(warm_start, bool):
-        raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
-    if inner_lr is not None:
-        _positive(inner_lr, "inner_lr")
-    if upper_lr is not None:
-        _positive(upper_lr, "upper_lr")
-    if binarize_every is not None:
-        _positive(binarize_every, "binarize_every", integer=True)
-    if batch_size is not None:
-        _positive(batch_size, "batch_size", integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    meth = _make_method(method, hparams)
-    if inner_lr is None:
-        inner_lr = (
-            DEFAULT_SIGN_LR if hypergrad == "first_order" else float(getattr(meth, "lr", DEFAULT_SGD_LR))
-        )
-    if upper_lr is None:
-        upper_lr = DEFAULT_UPPER_LR_CLASSWISE if classwise else DEFAULT_UPPER_LR
+    run = _set_up(model, task, about, method, _config_of(config, options), hparams, device)
+    cfg = run.config
+    recorder = _Recorder(run, progress)
+    try:
+        with seeded(cfg.seed, run.device):
+            w = _upper_loop(run, recorder)
+            final, objective = _final_set(run, w, recorder)
+    finally:
+        recorder.close()
+    return _result(run, recorder, w, final, objective, time.perf_counter() - started)
 
+
+# ------------------------------------------------------------------------------------ search: set-up
+@dataclass
+class _Run:
+    """What the set-up hands to the upper loop and the finalisation: the resolved ``config``, the
+    ``method``, the target's ``about`` (dataset, model, split seed), the ``device`` and ``pool`` (on it),
+    m = ``budget_size``, the length ``size`` of w, the random ``start`` set (pool positions; class-wise
+    also ``start_classes``), the bound ``problem``, the ``solver``, θ_o = ``theta0`` and the lower level's
+    mini-batches (``batches``, None: the full pool)."""
+
+    config: SearchConfig
+    method: Any
+    about: dict[str, Any]
+    device: torch.device
+    pool: ArrayData
+    budget_size: int
+    size: int
+    start: Tensor
+    start_classes: Tensor | None
+    problem: bilevel.BilevelProblem
+    solver: Any
+    theta0: dict[str, Tensor]
+    batches: PoolBatches | None
+
+    def initial_w(self) -> Tensor:
+        """w_0: the indicator of the start set (of its classes, class-wise), float64."""
+        w = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        w[self.start_classes.to(self.device) if self.config.classwise else self.start.to(self.device)] = 1.0
+        return w
+
+
+def _set_up(
+    model: nn.Module,
+    task: Task,
+    about: dict[str, Any],
+    method: Any,
+    config: SearchConfig,
+    hparams: dict[str, Any] | None,
+    device: str | torch.device | None,
+) -> _Run:
+    """The method (defaults resolved against it), the device, the random start set, the method bound to the
+    model and a task forgetting that set, the bi-level problem and the solver."""
     from .setup import resolve_device
 
+    meth = _make_method(method, hparams)
+    cfg = config.resolved(meth)
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    pool = task.pool.to(dev)
-    n = len(pool)
-    labels = pool.y
-    classes_present = sorted(set(labels.cpu().tolist()))
-    num_classes = task.num_classes
-    if classwise:
-        m = resolve_budget(budget, len(classes_present), what="set of classes")
-        g = torch.Generator().manual_seed(1_000_003 * int(seed) + 4242)
-        start_classes = torch.tensor(classes_present)[torch.randperm(len(classes_present), generator=g)[:m]]
-        start_classes = start_classes.sort().values
-        start = torch.isin(labels.cpu(), start_classes).nonzero().squeeze(1)
-        size = num_classes
-    else:
-        m = resolve_budget(budget, n)
-        start = forget_indices(f"random:{m / n!r}", pool, int(seed))  # the random:F set of the same seed
-        if start.numel() != m:  # rounding guard; never expected
-            start = start[:m]
-        start_classes = None
-        size = n
-    if start.numel() >= n:
-        raise ValueError("budget selects every pool example: nothing would be retained; lower it")
-
-    bind_task = Task(
-        pool=pool,
-        forget_index=start,
-        val=task.val.to(dev),
-        test=task.test.to(dev),
-        num_classes=task.num_classes,
-        augment=task.augment,
-        batch_size=task.batch_size,
-        seed=task.seed,
-        name="worst-case search start",
-    )
+    moved = task.to(dev)
+    m, start, start_classes, size = _start_set(moved.pool, cfg, task.num_classes)
+    bind_task = replace(moved, forget_index=start, forget_class=None, name="worst-case search start")
     work = model if next(model.parameters()).device == dev else _copy_to(model, dev)
     try:
         bound = meth.bind(work, bind_task)
@@ -582,168 +647,230 @@ def search(
         raise ValueError(
             f"method {meth.name!r} has no lower-level objective, so it cannot be searched: {err}"
         ) from None
-
     problem = build_problem(
         bound,
-        pool,
+        moved.pool,
         buffers,
-        gamma=float(gamma),
-        reverse=reverse,
-        classwise=classwise,
-        num_classes=num_classes,
-        differentiable=hypergrad != "first_order",
-        proximal=float(proximal),
+        gamma=cfg.gamma,
+        reverse=cfg.reverse,
+        classwise=cfg.classwise,
+        num_classes=task.num_classes,
+        differentiable=cfg.hypergrad != "first_order",
+        proximal=cfg.proximal,
         anchor=theta0,
     )
     solver = make_solver(
-        hypergrad,
-        inner_steps=inner_steps,
-        inner_lr=float(inner_lr),
-        damping=float(damping),
-        cg_iters=cg_iters,
-        cg_tol=float(cg_tol),
-        warm_start=warm_start,
+        cfg.hypergrad,
+        inner_steps=cfg.inner_steps,
+        inner_lr=cfg.inner_lr,
+        damping=cfg.damping,
+        cg_iters=cfg.cg_iters,
+        cg_tol=cfg.cg_tol,
+        warm_start=cfg.warm_start,
     )
-    if hypergrad == "implicit":
-        solver = _CarryWarmStart(solver)  # v carries across binarisation segments (a fresh solver here)
-    constraint = CappedSimplex(m)
-    w = torch.zeros(size, dtype=torch.float64, device=dev)
-    w[start_classes.to(dev) if classwise else start.to(dev)] = 1.0
-    batches = (
-        None
-        if batch_size is None
-        else PoolBatches(pool, batch_size, int(seed), task.augment if augment else None)
+    augment = task.augment if cfg.augment else None
+    batches = None if cfg.batch_size is None else PoolBatches(moved.pool, cfg.batch_size, cfg.seed, augment)
+    return _Run(
+        cfg, meth, about, dev, moved.pool, m, size, start, start_classes, problem, solver, theta0, batches
     )
-    per_step = inner_steps + 1
 
-    history: list[dict[str, Any]] = []
-    tops: list[Tensor] = []
-    binary_points: list[tuple[int, Tensor]] = [(0, w.clone())]  # (history index evaluating F there, w)
-    state = {"w": w, "top": top_k(w, m).bool(), "t": time.perf_counter()}
-    update, close = _progress_fn(progress, upper_steps, f"worst-case search ({meth.name}, {hypergrad})")
 
-    def callback(offset: int) -> Callable[[int, dict, Any], bool]:
+def _start_set(
+    pool: ArrayData, cfg: SearchConfig, num_classes: int
+) -> tuple[int, Tensor, Tensor | None, int]:
+    """``(m, start, start_classes, size)``: the budget m, the random start set of the seed (pool positions:
+    the ``random:m/N`` set of `unlearning.splits.forget_indices`; class-wise every example of m random
+    classes, also returned), and the length of w (N, class-wise the number of classes)."""
+    n = len(pool)
+    labels = pool.y.cpu()
+    if cfg.classwise:
+        classes_present = sorted(set(labels.tolist()))
+        m = resolve_budget(cfg.budget, len(classes_present), what="set of classes")
+        g = torch.Generator().manual_seed(1_000_003 * cfg.seed + 4242)
+        start_classes = torch.tensor(classes_present)[torch.randperm(len(classes_present), generator=g)[:m]]
+        start_classes = start_classes.sort().values
+        start = torch.isin(labels, start_classes).nonzero().squeeze(1)
+        size = num_classes
+    else:
+        m = resolve_budget(cfg.budget, n)
+        start = forget_indices(f"random:{m / n!r}", pool, cfg.seed)  # the random:F set of the same seed
+        if start.numel() != m:  # rounding guard; never expected
+            start = start[:m]
+        start_classes = None
+        size = n
+    if start.numel() >= n:
+        raise ValueError("budget selects every pool example: nothing would be retained; lower it")
+    return m, start, start_classes, size
+
+
+# ------------------------------------------------------------------------------- search: the upper loop
+class _Recorder:
+    """The search's history: one entry per upper step (fields in `SearchResult`), the top-m set after each
+    step (for the overlaps with the final set), and the binary points met (the start and every binarised w,
+    with the index of the history entry that evaluates F there); it also drives the progress display."""
+
+    def __init__(self, run: _Run, progress: Any) -> None:
+        cfg = run.config
+        self.run = run
+        self.history: list[dict[str, Any]] = []
+        self.tops: list[Tensor] = []
+        self.w = run.initial_w()
+        self.binary_points: list[tuple[int, Tensor]] = [(0, self.w.clone())]
+        self.top = top_k(self.w, run.budget_size).bool()
+        self.t = time.perf_counter()
+        label = f"worst-case search ({run.method.name}, {cfg.hypergrad})"
+        self.update, self.close = _progress_fn(progress, cfg.upper_steps, label)
+
+    def callback(self, offset: int) -> Callable[[int, dict, Any], bool]:
+        """`bilevel.minimize`'s callback for a segment starting after ``offset`` upper steps."""
+
         def record(step: int, outer: dict, hg: Any) -> bool:
-            prev = state["w"]
-            new = outer["w"]
-            objective = float(hg.info["outer_loss"])
-            reg = float(gamma) * float((prev * prev).sum())
-            top = top_k(new, m).bool()
-            now = time.perf_counter()
-            entry = {
-                "step": offset + step + 1,
-                "objective": objective,
-                "forget_loss": (objective - reg) * (-1.0 if reverse else 1.0),
-                "weight_sum": float(new.sum()),
-                "changed": int((top & ~state["top"]).sum()),
-                "overlap_previous": float((top & state["top"]).sum()) / m,
-                "grad_norm": float(hg.grad["w"].norm()),
-                "inner_loss": hg.info.get("inner_loss"),
-                "inner_grad_norm": hg.info.get("inner_grad_norm"),
-                "hypergrad_seconds": float(hg.info.get("seconds", 0.0)),
-                "seconds": now - state["t"],
-                "binarized": False,
-            }
-            for key in ("residual", "iterations", "hvp_count", "indefinite", "warm_started"):
-                if key in hg.info and hg.info[key] is not None:
-                    entry[key] = hg.info[key]
-            history.append(entry)
-            tops.append(top.nonzero().squeeze(1))
-            state.update(w=new, top=top, t=now)
-            update(offset + step + 1)
+            self.record(offset + step + 1, outer["w"], hg)
             return False
 
         return record
 
-    segment = binarize_every or upper_steps
-    try:
-        with seeded(int(seed), dev):
-            done = 0
-            while done < upper_steps:
-                steps = min(segment, upper_steps - done)
-                off = done * per_step
-                result = bilevel.minimize(
-                    problem,
-                    solver,
-                    {"w": w},
-                    optim.SGD(lr=float(upper_lr)),
-                    steps,
-                    constraint=constraint,
-                    callback=callback(done),
-                    inner_init=theta0,
-                    inner_data=None if batches is None else (lambda t, o=off: batches(o + t)),
-                    warm_start_inner=False,
-                )
-                w = result.outer["w"]
-                done += steps
-                if binarize_every is not None and done < upper_steps:
-                    w = top_k(w, m)  # periodic hard binarisation: w ← top-m(w)
-                    history[-1]["binarized"] = True
-                    state["w"] = w
-                    binary_points.append((len(history), w.clone()))  # the next step evaluates F here
-            final = top_k(w, m)
-            objective_final = _objective_at(problem, solver, theta0, final, batches)
-            objective_last = objective_final
-            if keep_best:  # the best binary set met: the start, each binarisation, the end
-                candidates = [(objective_final, final)]
-                candidates += [(history[i]["objective"], wb) for i, wb in binary_points if i < len(history)]
-                best_value, best = min(candidates, key=lambda c: c[0])
-                if best_value < objective_final:
-                    final, objective_final = best, best_value
-    finally:
-        close()
+    def record(self, step: int, new: Tensor, hg: Any) -> None:
+        """Upper step ``step`` (from 1) moved w to ``new``; ``hg`` is the hypergradient taken at the old w,
+        so its outer loss is F(w_old), and Σ w_i ℓ_i = s·(F − γ‖w_old‖²)."""
+        cfg, m = self.run.config, self.run.budget_size
+        objective = float(hg.info["outer_loss"])
+        reg = cfg.gamma * float((self.w * self.w).sum())
+        top = top_k(new, m).bool()
+        now = time.perf_counter()
+        entry = {
+            "step": step,
+            "objective": objective,
+            "forget_loss": (objective - reg) * (-1.0 if cfg.reverse else 1.0),
+            "weight_sum": float(new.sum()),
+            "changed": int((top & ~self.top).sum()),
+            "overlap_previous": float((top & self.top).sum()) / m,
+            "grad_norm": float(hg.grad["w"].norm()),
+            "inner_loss": hg.info.get("inner_loss"),
+            "inner_grad_norm": hg.info.get("inner_grad_norm"),
+            "hypergrad_seconds": float(hg.info.get("seconds", 0.0)),
+            "seconds": now - self.t,
+            "binarized": False,
+        }
+        for key in ("residual", "iterations", "hvp_count", "indefinite", "warm_started"):
+            if key in hg.info and hg.info[key] is not None:
+                entry[key] = hg.info[key]
+        self.history.append(entry)
+        self.tops.append(top.nonzero().squeeze(1))
+        self.w, self.top, self.t = new, top, now
+        self.update(step)
 
+    def binarized(self, w: Tensor) -> None:
+        """The last step's w was replaced by its top-m indicator ``w``; the next step evaluates F there."""
+        self.history[-1]["binarized"] = True
+        self.w = w
+        self.binary_points.append((len(self.history), w.clone()))
+
+
+def _upper_loop(run: _Run, recorder: _Recorder) -> Tensor:
+    """Projected descent w ← Π_S̃(w − η_w ∇F) for ``upper_steps`` steps, in segments of ``binarize_every``
+    steps (one `bilevel.minimize` run each) with w ← top-m(w) between them; returns the last continuous w.
+    The solver is reset once, at the start: the implicit solver's warm-start v carries across segments.
+    Segment s's lower-level batches continue where the previous segment's stopped."""
+    cfg, m = run.config, run.budget_size
+    constraint = CappedSimplex(m)
+    segment = cfg.binarize_every or cfg.upper_steps
+    per_step = cfg.inner_steps + 1
+    w, done, batches = recorder.w, 0, run.batches
+    while done < cfg.upper_steps:
+        steps = min(segment, cfg.upper_steps - done)
+        off = done * per_step
+        result = bilevel.minimize(
+            run.problem,
+            run.solver,
+            {"w": w},
+            optim.SGD(lr=cfg.upper_lr),
+            steps,
+            constraint=constraint,
+            callback=recorder.callback(done),
+            inner_init=run.theta0,
+            inner_data=None if batches is None else (lambda t, o=off: batches(o + t)),
+            warm_start_inner=False,
+            reset_solver=done == 0,
+        )
+        w = result.outer["w"]
+        done += steps
+        if cfg.binarize_every is not None and done < cfg.upper_steps:
+            w = top_k(w, m)  # periodic hard binarisation: w ← top-m(w)
+            recorder.binarized(w)
+    return w
+
+
+# ------------------------------------------------------------------------------ search: finalisation
+def _final_set(run: _Run, w: Tensor, recorder: _Recorder) -> tuple[Tensor, dict[str, float]]:
+    """The final binary w and ``objective`` {initial, final, last}: top-m(w) and F there (``last``); with
+    ``keep_best``, the binary point of lowest F among it, the start and every binarisation (``final``)."""
+    final = top_k(w, run.budget_size)
+    objective_final = _objective_at(run.problem, run.solver, run.theta0, final, run.batches)
+    objective_last = objective_final
+    history = recorder.history
+    if run.config.keep_best:  # the best binary set met: the start, each binarisation, the end
+        candidates = [(objective_final, final)]
+        candidates += [(history[i]["objective"], wb) for i, wb in recorder.binary_points if i < len(history)]
+        best_value, best = min(candidates, key=lambda c: c[0])
+        if best_value < objective_final:
+            final, objective_final = best, best_value
+    objective = {"initial": history[0]["objective"], "final": objective_final, "last": objective_last}
+    return final, objective
+
+
+def _result(
+    run: _Run, recorder: _Recorder, w: Tensor, final: Tensor, objective: dict[str, float], seconds: float
+) -> SearchResult:
+    """The `SearchResult`: the chosen set (class-wise: every example of the chosen classes), each history
+    entry's ``overlap_final`` |top-m(w_k) ∩ final| / m, and the ``config`` record."""
+    cfg, m = run.config, run.budget_size
     final_set = final.bool().nonzero().squeeze(1)
-    final_cpu = torch.zeros(size, dtype=torch.bool)
+    final_cpu = torch.zeros(run.size, dtype=torch.bool)
     final_cpu[final_set.cpu()] = True
-    for entry, top in zip(history, tops):
+    for entry, top in zip(recorder.history, recorder.tops):
         entry["overlap_final"] = float(final_cpu[top.cpu()].sum()) / m
-    if classwise:
+    if cfg.classwise:
         chosen_classes = final_set.cpu().sort().values
-        indices = torch.isin(labels.cpu(), chosen_classes).nonzero().squeeze(1)
+        indices = torch.isin(run.pool.y.cpu(), chosen_classes).nonzero().squeeze(1)
     else:
         chosen_classes = None
         indices = final_set.cpu().sort().values
-    config = {
-        **{k: v for k, v in about.items() if v is not None},
-        "method": meth.name,
-        "hparams": _jsonable(meth.hparams()),
-        "budget": budget if isinstance(budget, (int, float)) else float(budget),
-        "size": m,
-        "unit": "classes" if classwise else "examples",
-        "pool_size": n,
-        "hypergrad": hypergrad,
-        "solver": repr(solver),
-        "upper_steps": upper_steps,
-        "inner_steps": inner_steps,
-        "inner_lr": float(inner_lr),
-        "upper_lr": float(upper_lr),
-        "gamma": float(gamma),
-        "binarize_every": binarize_every,
-        "classwise": bool(classwise),
-        "reverse": bool(reverse),
-        "keep_best": bool(keep_best),
-        "batch_size": batch_size,
-        "augment": bool(augment),
-        "proximal": float(proximal),
-        "warm_start": bool(warm_start) if hypergrad == "implicit" else None,
-        "damping": float(damping) if hypergrad == "implicit" else None,
-        "cg_iters": int(cg_iters) if hypergrad == "implicit" else None,
-        "cg_tol": float(cg_tol) if hypergrad == "implicit" else None,
-        "seed": int(seed),
-        "device": str(dev),
-    }
+    about = run.about
     return SearchResult(
         indices=indices,
         weights=w.detach().cpu(),
-        history=history,
-        config=config,
-        initial_indices=start.cpu().sort().values,
-        objective={"initial": history[0]["objective"], "final": objective_final, "last": objective_last},
+        history=recorder.history,
+        config=_record(run),
+        initial_indices=run.start.cpu().sort().values,
+        objective=objective,
         classes=chosen_classes,
-        seconds=time.perf_counter() - started,
-        fingerprint=data_fingerprint(pool, dataset=about.get("dataset"), split_seed=about.get("split_seed")),
+        seconds=seconds,
+        fingerprint=data_fingerprint(
+            run.pool, dataset=about.get("dataset"), split_seed=about.get("split_seed")
+        ),
     )
+
+
+def _record(run: _Run) -> dict[str, Any]:
+    """The result's ``config``: the target's dataset/model/split seed, the method and its hyper-parameters,
+    then `SearchConfig.record` (``asdict``) with the derived m (``size``), ``unit``, ``pool_size``,
+    ``solver`` and ``device`` in their places."""
+    fields = run.config.record()
+    budget = fields.pop("budget")
+    return {
+        **{k: v for k, v in run.about.items() if v is not None},
+        "method": run.method.name,
+        "hparams": jsonable(run.method.hparams()),
+        "budget": budget if isinstance(budget, (int, float)) else float(budget),
+        "size": run.budget_size,
+        "unit": "classes" if run.config.classwise else "examples",
+        "pool_size": len(run.pool),
+        "hypergrad": fields.pop("hypergrad"),
+        "solver": repr(run.solver),
+        **fields,
+        "device": str(run.device),
+    }
 
 
 def _objective_at(
