@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.tree import Params
+from bilevel.validate import Options
 from unlearning.data_types import ArrayData, Task
-from unlearning.methods.base import LowerContext, Method, Options, Params, Run, hparam
+from unlearning.methods.base import LowerContext, Method, Run, hparam
 
 MaskFn = Callable[[nn.Module, Task], dict[str, Tensor]]
 

@@ -7,6 +7,7 @@ classes' dataclass fields (``Method.hyperparameters()`` lists defaults, valid ra
 
 from unlearning.methods.base import Method, NoLowerLevelError, Unlearned
 from unlearning.methods.boundary import BE, BS
+from unlearning.methods.common import Iterative
 from unlearning.methods.finetune import FT
 from unlearning.methods.gradient_ascent import GA
 from unlearning.methods.influence import IU, woodfisher_recursion
@@ -27,6 +28,7 @@ __all__ = [
     "FT",
     "GA",
     "IU",
+    "Iterative",
     "L1Sparse",
     "Method",
     "REGISTRY",

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,10 +43,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bilevel.tree import Params
+from bilevel.validate import Interval, Options
 from unlearning.data_types import Task
-from unlearning.loop import SGDConfig, StepHook
+from unlearning.loop import StepHook
 
-Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor, Tensor]
 
 
@@ -65,55 +65,8 @@ class Unlearned:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-@dataclass(frozen=True)
-class Interval:
-    """A number of type ``kind`` (int or float) in an interval; ``closed`` says which ends belong to it."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    closed: str = "both"
-    allow_none: bool = False
-
-    def check(self, value: Any) -> bool:
-        if value is None:
-            return self.allow_none
-        if isinstance(value, bool):
-            return False
-        if self.kind is int and not isinstance(value, int):
-            return False
-        if self.kind is float and not isinstance(value, (int, float)):
-            return False
-        if not math.isfinite(value):
-            return False
-        left = self.closed in ("both", "left")
-        right = self.closed in ("both", "right")
-        if self.low is not None and (value < self.low or (value == self.low and not left)):
-            return False
-        return not (self.high is not None and (value > self.high or (value == self.high and not right)))
-
-    def describe(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
-        lb = "[" if self.closed in ("both", "left") and self.low is not None else "("
-        rb = "]" if self.closed in ("both", "right") and self.high is not None else ")"
-        text = f"{'an int' if self.kind is int else 'a float'} in {lb}{lo}, {hi}{rb}"
-        return text + (" or None" if self.allow_none else "")
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a fixed set of values."""
-
-    values: tuple
-
-    def check(self, value: Any) -> bool:
-        return any(value == v and type(value) is type(v) for v in self.values)
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-
+# A hyper-parameter's valid range is a `bilevel.validate.Interval` or `Options` (the project's one set of
+# validators), or `Milestones`.
 @dataclass(frozen=True)
 class Milestones:
     """A tuple of non-negative epoch numbers."""
@@ -125,9 +78,6 @@ class Milestones:
 
     def describe(self) -> str:
         return "a tuple of non-negative ints"
-
-
-BOOL = Options((True, False))
 
 
 def hparam(default: Any, valid: Interval | Options | Milestones, doc: str) -> Any:
@@ -324,14 +274,3 @@ def retain_mean(values: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     w = (1 - weights[index]).to(values.dtype)
     total = (1 - weights).sum().clamp_min(1e-12).to(values.dtype)
     return (n / values.shape[0]) * (w * values).sum() / total
-
-
-def sgd_config(method: Any, schedule: str = "constant", milestones: tuple[int, ...] = ()) -> SGDConfig:
-    """The SGD of an iterative method from its ``lr``, ``momentum`` and ``weight_decay`` fields."""
-    return SGDConfig(
-        lr=method.lr,
-        momentum=method.momentum,
-        weight_decay=method.weight_decay,
-        schedule=schedule,
-        milestones=milestones,
-    )

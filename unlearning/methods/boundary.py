@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.validate import BOOL, Interval
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
 from unlearning.methods.base import (
-    BOOL,
-    Interval,
     LowerContext,
     Params,
     Run,
@@ -26,7 +24,6 @@ from unlearning.methods.base import (
     forward,
     hparam,
     lr_hp,
-    sgd_config,
 )
 from unlearning.methods.common import Iterative, per_sample_ce
 from unlearning.rng import seeded
@@ -61,6 +58,8 @@ class BS(Iterative):
     """
 
     name: ClassVar[str] = "bs"
+    label: ClassVar[str] = "BS"
+    stream: ClassVar[int] = _OFFSET_BS
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(5e-4)
     epsilon: float = hparam(0.1, Interval(float, 0, 1, closed="right"), "FGSM step ε in [0, 1] pixel space")
@@ -68,8 +67,6 @@ class BS(Iterative):
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
         dev = device_of(model)
-        forget = task.forget
-        generator = task.generator(_OFFSET_BS)
         changed = []
 
         def loss(module: nn.Module, item: Any, epoch: int) -> Tensor:
@@ -79,15 +76,7 @@ class BS(Iterative):
             changed.append(float((y_nbr != y).float().mean()))
             return F.cross_entropy(module(x), y_nbr)
 
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(forget, task, generator),
-            loss=loss,
-            sgd=sgd_config(self),
-            hooks=run.hooks,
-            description="BS",
-        )
+        self.descend(model, run.hooks, loss, self.shuffled(task, task.forget))
         return model.eval(), {"neighbour_differs": sum(changed) / max(len(changed), 1)}
 
     def _lower_loss(
@@ -175,6 +164,8 @@ class BE(Iterative):
     """
 
     name: ClassVar[str] = "be"
+    label: ClassVar[str] = "BE"
+    stream: ClassVar[int] = _OFFSET_BE
     mask_unsupported: ClassVar[str | None] = (
         "BE changes the classifier's shape (K+1 outputs), so a mask computed on the K-output model "
         "does not fit"
@@ -191,22 +182,12 @@ class BE(Iterative):
         k = task.num_classes
         expand_classifier(model, k, seed=task.seed * 1_000_003 + _OFFSET_BE)
         dev = device_of(model)
-        forget = task.forget
-        generator = task.generator(_OFFSET_BE)
 
         def loss(module: nn.Module, item: Any, epoch: int) -> Tensor:
             x = item[0].to(dev)
             return F.cross_entropy(module(x), torch.full((x.shape[0],), k, dtype=torch.long, device=dev))
 
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(forget, task, generator),
-            loss=loss,
-            sgd=sgd_config(self),
-            hooks=run.hooks,
-            description="BE",
-        )
+        self.descend(model, run.hooks, loss, self.shuffled(task, task.forget))
         if not self.keep_shadow:
             drop_shadow(model, k)
         return model.eval(), {"shadow_kept": self.keep_shadow}

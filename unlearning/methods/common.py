@@ -1,24 +1,40 @@
-"""Pieces the iterative methods share: their common hyper-parameters, batching, cross-entropy,
-re-initialisation."""
+"""Pieces the iterative methods share: their common hyper-parameters, the one SGD run (`Iterative.descend`),
+shuffled batching, cross-entropy, re-initialisation."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.validate import Interval
 from unlearning.data_types import ArrayData, Task
-from unlearning.methods.base import Interval, Method, epochs_hp, hparam, lr_hp
+from unlearning.loop import SGDConfig, StepHook, run_epochs
+from unlearning.methods.base import Method, epochs_hp, hparam, lr_hp
 from unlearning.rng import seeded
+
+#: ``loss(model, batch, epoch) -> scalar``: what `unlearning.loop.run_epochs` descends.
+Loss = Callable[[nn.Module, Any, int], Tensor]
 
 
 @dataclass
 class Iterative(Method):
-    """A method that runs SGD (momentum 0.9, weight decay 5e-4 as published) through ``loop.run_epochs``."""
+    """A method that runs SGD (momentum 0.9, weight decay 5e-4 as published) through ``loop.run_epochs``.
+
+    A subclass says what it descends and on which batches; `descend` runs it with the method's epochs, SGD
+    (`sgd`), the wrapper's hooks (e.g. a saliency mask) and its ``label``. ``stream`` is the offset of the
+    task generator (`Task.generator`) that shuffles its batches: fixed per method, so the same task gives the
+    same model, and different across methods, so their streams are independent.
+    """
+
+    #: Offset of the task generator that shuffles the batches (`shuffled`).
+    stream: ClassVar[int] = 0
+    #: The run's name in progress bars and in the divergence error ("<label>: loss became nan at epoch e").
+    label: ClassVar[str] = ""
 
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.01)
@@ -37,6 +53,44 @@ class Iterative(Method):
         """Shuffled mini-batches of ``data`` with the task's training augmentation (as the published code
         does)."""
         return data.batches(self.size(task), shuffle=True, generator=generator, augment=task.augment)
+
+    def shuffled(
+        self, task: Task, data: ArrayData | Callable[[int], ArrayData]
+    ) -> Callable[[int], Iterator[tuple[Tensor, Tensor, Tensor]]]:
+        """``epoch -> `loader` of data`` (of ``data(epoch)`` when ``data`` is a function), every epoch drawn
+        from one generator ``task.generator(stream)`` made now."""
+        generator = task.generator(self.stream)
+        if isinstance(data, ArrayData):
+            return lambda epoch: self.loader(data, task, generator)
+        return lambda epoch: self.loader(data(epoch), task, generator)
+
+    def sgd(self) -> SGDConfig:
+        """SGD(lr, momentum, weight_decay) at a constant rate; a method with a schedule overrides this."""
+        return SGDConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def descend(
+        self,
+        model: nn.Module,
+        hooks: Sequence[StepHook],
+        loss: Loss,
+        batches: Callable[[int], Iterable[Any]],
+        *,
+        epochs: int | None = None,
+        params: Sequence[Tensor] | None = None,
+    ) -> nn.Module:
+        """``run_epochs`` on ``model`` in place: for e < ``epochs`` (default ``self.epochs``), one SGD step
+        θ ← θ − η_e ∇ loss(θ; b, e) (`sgd`: momentum, weight decay, schedule) per batch b of ``batches(e)``,
+        with ``hooks`` around each step; ``params`` restricts the step (default: all that require grad)."""
+        return run_epochs(
+            model,
+            epochs=self.epochs if epochs is None else epochs,
+            batches=batches,
+            loss=loss,
+            sgd=self.sgd(),
+            params=params,
+            hooks=hooks,
+            description=self.label or self.name,
+        )
 
 
 def ce_loss(model: nn.Module, item: Any, epoch: int) -> Tensor:

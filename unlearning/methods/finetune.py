@@ -8,17 +8,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
-from unlearning.methods.base import (
-    LowerContext,
-    Params,
-    Run,
-    epochs_hp,
-    forward,
-    lr_hp,
-    retain_mean,
-    sgd_config,
-)
+from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, forward, lr_hp, retain_mean
 from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
 
 _OFFSET = 201
@@ -34,21 +24,13 @@ class FT(Iterative):
     """
 
     name: ClassVar[str] = "ft"
+    label: ClassVar[str] = "FT"
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.05)
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
-        retain = task.retain
-        generator = task.generator(_OFFSET)
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(retain, task, generator),
-            loss=ce_loss,
-            sgd=sgd_config(self),
-            hooks=run.hooks,
-            description="FT",
-        )
+        self.descend(model, run.hooks, ce_loss, self.shuffled(task, task.retain))
         return model.eval(), {}
 
     def _lower_loss(

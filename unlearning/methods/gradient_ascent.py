@@ -9,17 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
-from unlearning.methods.base import (
-    LowerContext,
-    Params,
-    Run,
-    epochs_hp,
-    forget_mean,
-    forward,
-    lr_hp,
-    sgd_config,
-)
+from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, forget_mean, forward, lr_hp
 from unlearning.methods.common import Iterative, per_sample_ce
 
 _OFFSET = 301
@@ -44,21 +34,13 @@ class GA(Iterative):
     """
 
     name: ClassVar[str] = "ga"
+    label: ClassVar[str] = "GA"
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(5)
     lr: float = lr_hp(0.01)
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
-        forget = task.forget
-        generator = task.generator(_OFFSET)
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(forget, task, generator),
-            loss=negative_ce_loss,
-            sgd=sgd_config(self),
-            hooks=run.hooks,
-            description="GA",
-        )
+        self.descend(model, run.hooks, negative_ce_loss, self.shuffled(task, task.forget))
         return model.eval(), {}
 
     def _lower_loss(

@@ -10,10 +10,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from bilevel.validate import Interval
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
 from unlearning.methods.base import (
-    Interval,
     LowerContext,
     Params,
     Run,
@@ -24,7 +23,6 @@ from unlearning.methods.base import (
     hparam,
     lr_hp,
     retain_mean,
-    sgd_config,
 )
 from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
 
@@ -69,35 +67,24 @@ class _LastLayers(Iterative):
     that counts) and builds a fresh optimizer each epoch; CF-k does not re-initialise."""
 
     reinit: ClassVar[bool] = False
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.1)
     k: int = hparam(1, Interval(int, 1, None), "number of last Linear/Conv2d layers trained")
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
         names = set(layer_parameter_names(model, self.k))
-        retain = task.retain
-        generator = task.generator(_OFFSET)
+        batches = self.shuffled(task, task.retain)
         init = task.generator(_OFFSET + 1)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         try:
             for n, p in model.named_parameters():
                 p.requires_grad_(n in names)
             trainable = [p for n, p in model.named_parameters() if n in names]
-            for _ in range(
-                self.epochs
-            ):  # one run_epochs per epoch: a fresh optimizer each epoch, as published
+            for _ in range(self.epochs):  # one run per epoch: a fresh optimizer each epoch, as published
                 if self.reinit:
                     reinit_layers(model, self.k, init)
-                run_epochs(
-                    model,
-                    epochs=1,
-                    batches=lambda epoch: self.loader(retain, task, generator),
-                    loss=ce_loss,
-                    sgd=sgd_config(self),
-                    params=trainable,
-                    hooks=run.hooks,
-                    description=self.name,
-                )
+                self.descend(model, run.hooks, ce_loss, batches, epochs=1, params=trainable)
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])

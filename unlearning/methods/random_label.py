@@ -9,12 +9,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bilevel.validate import Interval, Options
 from unlearning.data_types import ArrayData, Task
-from unlearning.loop import StepHook, run_epochs
+from unlearning.loop import StepHook
 from unlearning.methods.base import (
-    Interval,
     LowerContext,
-    Options,
     Params,
     Run,
     default_context,
@@ -24,7 +23,6 @@ from unlearning.methods.base import (
     hparam,
     lr_hp,
     retain_mean,
-    sgd_config,
 )
 from unlearning.methods.common import Iterative, per_sample_ce
 
@@ -64,6 +62,7 @@ class RL(Iterative):
     """
 
     name: ClassVar[str] = "rl"
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.01)
     variant: str = hparam(
@@ -85,7 +84,7 @@ class RL(Iterative):
         """Run RL on ``model`` in place; ``on_epoch(model, epoch)`` is called at the start of every epoch."""
         forget, retain = task.forget, task.retain
         k = task.num_classes
-        generator = task.generator(_OFFSET)
+        generator = task.generator(self.stream)
         labels = task.generator(_OFFSET + 1)
 
         def sequential(epoch: int) -> Iterator[Any]:
@@ -108,16 +107,7 @@ class RL(Iterative):
                 on_epoch(model, epoch)
             return pick(epoch)
 
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=batches,
-            loss=weighted_ce_loss,
-            sgd=sgd_config(self),
-            hooks=hooks,
-            description=f"{self.name}",
-        )
-        return model
+        return self.descend(model, hooks, weighted_ce_loss, batches)
 
     def _bind(self, model: nn.Module, task: Task) -> LowerContext:
         ctx = default_context(model, task)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from bilevel.validate import Options
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
+from unlearning.loop import SGDConfig
 from unlearning.methods.base import (
     LowerContext,
-    Options,
     Params,
     Run,
     default_context,
@@ -21,7 +22,6 @@ from unlearning.methods.base import (
     hparam,
     lr_hp,
     retain_mean,
-    sgd_config,
 )
 from unlearning.methods.common import Iterative, ce_loss, per_sample_ce, reinitialize
 
@@ -41,6 +41,7 @@ class Retrain(Iterative):
     """
 
     name: ClassVar[str] = "retrain"
+    stream: ClassVar[int] = _OFFSET
     mask_unsupported: ClassVar[str | None] = (
         "Retrain starts from a fresh initialisation; a saliency mask computed at the original weights "
         "has no meaning there"
@@ -57,18 +58,12 @@ class Retrain(Iterative):
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
         reinitialize(model, seed=task.seed * 1_000_003 + _OFFSET)
-        retain = task.retain
-        generator = task.generator(_OFFSET)
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(retain, task, generator),
-            loss=ce_loss,
-            sgd=sgd_config(self, self.schedule),
-            hooks=run.hooks,
-            description="retrain",
-        )
+        self.descend(model, run.hooks, ce_loss, self.shuffled(task, task.retain))
         return model.eval(), {}
+
+    def sgd(self) -> SGDConfig:
+        """SGD with the ``schedule`` of the learning rate (cosine by default)."""
+        return dataclasses.replace(super().sgd(), schedule=self.schedule)
 
     def _bind(self, model: nn.Module, task: Task) -> LowerContext:
         fresh = reinitialize(copy.deepcopy(model), seed=task.seed * 1_000_003 + _OFFSET)

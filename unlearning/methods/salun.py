@@ -10,18 +10,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from bilevel.validate import BOOL, Interval, Options
 from unlearning.data_types import Task
-from unlearning.methods.base import (
-    BOOL,
-    Interval,
-    LowerContext,
-    Options,
-    Params,
-    Run,
-    epochs_hp,
-    hparam,
-    lr_hp,
-)
+from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, hparam, lr_hp
 from unlearning.methods.random_label import RL
 
 
@@ -41,7 +32,8 @@ class SalUn(RL):
     README for 10% random) 10 epochs, lr 0.013 (search [5e-3, 2e-2]), sparsity 0.5; the paper-era code masked
     gradients only (``freeze="grad"``) and mixed forget/retain batches (``variant="mixed"``).
 
-    ``lower_loss`` = RL's objective at θ̃ = m ⊙ θ + (1 − m) ⊙ θ_o (mask computed at ``bind``), from θ_o.
+    ``lower_loss`` = RL's objective at θ̃ = m ⊙ θ + (1 − m) ⊙ θ_o (mask computed at ``bind``), from θ_o:
+    the bound method delegates ``unlearn``, ``bind`` and ``lower_loss`` to `masked`.
     """
 
     name: ClassVar[str] = "salun"
@@ -69,7 +61,10 @@ class SalUn(RL):
         return self.masked()._unlearn(model, task, run)
 
     def _bind(self, model: nn.Module, task: Task) -> LowerContext:
-        return self.masked().bind(model, task)._context()
+        """The bound ``Masked(RL)``'s context, which also holds that bound method (``extra["masked"]``)."""
+        masked = self.masked().bind(model, task)
+        ctx = masked._context()
+        return dataclasses.replace(ctx, extra={**ctx.extra, "masked": masked})
 
     def _lower_loss(
         self,
@@ -81,9 +76,8 @@ class SalUn(RL):
         index: Tensor,
         weights: Tensor,
     ) -> Tensor:
-        from unlearning.saliency import Masked
-
-        return Masked._lower_loss(self, ctx, params, buffers, x, y, index, weights)  # type: ignore[arg-type]
+        masked = ctx.extra["masked"]
+        return masked._lower_loss(masked._context(), params, buffers, x, y, index, weights)
 
 
 class SoftThreshold:

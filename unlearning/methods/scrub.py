@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.validate import Interval
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
+from unlearning.loop import SGDConfig
 from unlearning.methods.base import (
-    Interval,
     LowerContext,
     Milestones,
     Params,
@@ -26,7 +27,6 @@ from unlearning.methods.base import (
     hparam,
     lr_hp,
     retain_mean,
-    sgd_config,
 )
 from unlearning.methods.common import Iterative, per_sample_ce
 
@@ -58,6 +58,8 @@ class SCRUB(Iterative):
     """
 
     name: ClassVar[str] = "scrub"
+    label: ClassVar[str] = "SCRUB"
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.1)
     m_steps: int = hparam(
@@ -73,14 +75,18 @@ class SCRUB(Iterative):
     def is_max_epoch(self, epoch: int) -> bool:
         return epoch <= self.m_steps
 
+    def sgd(self) -> SGDConfig:
+        """SGD with the rate ×0.1 from epoch m + 1 on for each m in ``lr_decay_epochs`` (none: constant)."""
+        milestones = tuple(m + 1 for m in self.lr_decay_epochs)
+        if not milestones:
+            return super().sgd()
+        return dataclasses.replace(super().sgd(), schedule="multistep", milestones=milestones)
+
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         dev = device_of(model)
         forget, retain = task.forget, task.retain
-        generator = task.generator(_OFFSET)
-
-        def batches(epoch: int):
-            return self.loader(forget if self.is_max_epoch(epoch) else retain, task, generator)
+        batches = self.shuffled(task, lambda epoch: forget if self.is_max_epoch(epoch) else retain)
 
         def loss(student: nn.Module, item: Any, epoch: int) -> Tensor:
             x, y = item[0].to(dev), item[1].to(dev)
@@ -92,16 +98,7 @@ class SCRUB(Iterative):
                 return -kl
             return self.gamma * F.cross_entropy(logits, y) + self.alpha * kl
 
-        milestones = tuple(m + 1 for m in self.lr_decay_epochs)
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=batches,
-            loss=loss,
-            sgd=sgd_config(self, "multistep", milestones) if milestones else sgd_config(self),
-            hooks=run.hooks,
-            description="SCRUB",
-        )
+        self.descend(model, run.hooks, loss, batches)
         phases = ["max" if self.is_max_epoch(e) else "min" for e in range(self.epochs)]
         return model.eval(), {"phases": phases}
 

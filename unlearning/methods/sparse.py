@@ -8,20 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bilevel.validate import Interval
 from unlearning.data_types import Task
-from unlearning.loop import run_epochs
-from unlearning.methods.base import (
-    Interval,
-    LowerContext,
-    Params,
-    Run,
-    epochs_hp,
-    forward,
-    hparam,
-    lr_hp,
-    retain_mean,
-    sgd_config,
-)
+from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, forward, hparam, lr_hp, retain_mean
 from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
 
 _OFFSET = 601
@@ -44,6 +33,8 @@ class L1Sparse(Iterative):
     """
 
     name: ClassVar[str] = "l1_sparse"
+    label: ClassVar[str] = "l1-sparse"
+    stream: ClassVar[int] = _OFFSET
     epochs: int = epochs_hp(10)
     lr: float = lr_hp(0.05)
     gamma: float = hparam(5e-4, Interval(float, 0, None), "initial ℓ1 weight γ (decays linearly to 0)")
@@ -53,21 +44,10 @@ class L1Sparse(Iterative):
         return self.gamma * (1.0 - epoch / max(self.epochs, 1))
 
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
-        retain = task.retain
-        generator = task.generator(_OFFSET)
-
         def loss(module: nn.Module, item: Any, epoch: int) -> Tensor:
             return ce_loss(module, item, epoch) + self.penalty(epoch) * l1_norm(module.parameters())
 
-        run_epochs(
-            model,
-            epochs=self.epochs,
-            batches=lambda epoch: self.loader(retain, task, generator),
-            loss=loss,
-            sgd=sgd_config(self),
-            hooks=run.hooks,
-            description="l1-sparse",
-        )
+        self.descend(model, run.hooks, loss, self.shuffled(task, task.retain))
         return model.eval(), {}
 
     def _lower_loss(
