@@ -1,15 +1,17 @@
 """The stress test: how much worse does each unlearning method do on its worst-case forget set than on a
 random one of the same size, measured against retraining from scratch? (Fan et al., ECCV 2024.)
 
-``stress_test(...)`` runs the whole protocol. For every seed s:
+``stress_test(...)`` runs the whole protocol for one `StressConfig` (built from its keywords, or passed as
+``config=``). For every seed s:
 
-1. `prepare` the split and the original model θ_o (trained on the whole pool; cached);
-2. `worst_case.search` the worst-case forget set W_s of ``search_method`` (m = ``forget_fraction`` of the
-   pool, or of the classes when ``class_wise``) from a random m-hot start R_s; R_s is the random forget set
-   it is compared with (same size, same seed; class-wise: m random classes);
-3. on each set D_f ∈ {R_s, W_s}: Retrain on D_r = pool ∖ D_f (cached), then every method from θ_o with the
-   same hyper-parameters on both sets, and UA, RA, TA, MIA-Efficacy (percent) and run time of each;
-4. Avg. Gap(method) = ¼ Σ_{M ∈ {UA, RA, TA, MIA}} |M(method) − M(Retrain on the same set)|.
+1. models: `prepare` the split and the original model θ_o (trained on the whole pool; cached);
+2. sets: `worst_case.search` the worst-case forget set W_s of ``search_method`` (m = ``forget_fraction`` of
+   the pool, or of the classes when ``class_wise``) from a random m-hot start R_s; R_s is the random forget
+   set it is compared with (same size, same seed; class-wise: m random classes);
+3. rows: on each set D_f ∈ {R_s, W_s}: Retrain on D_r = pool ∖ D_f (cached), then every method from θ_o with
+   the same hyper-parameters on both sets, and UA, RA, TA, MIA-Efficacy (percent) and run time of each;
+   Avg. Gap(method) = ¼ Σ_{M ∈ {UA, RA, TA, MIA}} |M(method) − M(Retrain on the same set)|;
+4. summary: mean and sample standard deviation over seeds (`summarize`), then the files.
 
 ``tune=True`` first grid-searches each method's hyper-parameters (`tune_grid`) on the random set of the first
 seed and keeps the values with the smallest Avg. Gap, as the paper tunes on random sets; values the caller
@@ -19,8 +21,8 @@ The report holds one row per (selection, seed, method) in ``results`` and, per (
 and sample standard deviation over seeds in ``summary``, plus ``gap_increase`` = mean gap on W − mean gap on
 R (positive: the worst-case set exposes the method). With ``out``, every row is written to
 ``out/report.json`` (atomically) as soon as it is computed, each seed's worst-case set to
-``out/sets/seed<S>.json``, and a second call with the same ``out`` and configuration computes only what is
-missing.
+``out/sets/seed<S>.json``, and a second call with the same ``out`` and an equal configuration (its
+`StressConfig.record`) computes only what is missing. Tables, markdown and plots: `unlearning.report`.
 """
 
 from __future__ import annotations
@@ -33,13 +35,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from bilevel.validate import one_of, positive_int
+
 from . import metrics
 from .evaluate import RESERVED, build_methods, method_row
+from .io import jsonable, write_json, write_text
 from .methods import REGISTRY, resolve
+from .report import PLOTS, stress_markdown, stress_plots  # noqa: F401 (PLOTS: the figures a run writes)
 from .worst_case import HYPERGRADS, SearchResult, resolve_budget, search
 
 SELECTIONS = ("random", "worst")
@@ -49,6 +55,22 @@ METRICS = ("UA", "RA", "TA", "MIA")
 COLUMNS = (*METRICS, "avg_gap", "seconds")
 REPORT = "report.json"
 FORMAT = 1
+#: The keys of a report's ``config`` (`StressConfig.record`), in their order in ``report.json``.
+RECORD_KEYS = (
+    "dataset",
+    "model",
+    "methods",
+    "forget_fraction",
+    "class_wise",
+    "forget_size",
+    "seeds",
+    "search_method",
+    "hypergrad",
+    "search_options",
+    "method_hparams",
+    "tune",
+    "device",
+)
 
 #: ``tune=True``: every method with a learning rate ``lr`` tries lr × these factors, crossed with the values
 #: of one method-specific knob below (the method's current value is always a candidate, and comes first, so a
@@ -74,7 +96,167 @@ class StressInputError(ValueError):
         self.message = message
 
 
-# ------------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------------------------ config
+class _Resolved(NamedTuple):
+    """What a `StressConfig` names, built once when it is checked."""
+
+    methods: tuple[Any, ...]
+    search_method: Any
+    forget_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StressConfig:
+    """Every option of the stress test, checked when built (``StressInputError`` naming the option).
+
+    ``methods``: names (``"salun"``), `unlearning.methods.Method` objects (``MyMethod()``) or
+    ``"pkg.module:Class"`` specs, or one comma-separated string of names and specs; default: every registry
+    method but Retrain. The report names each by ``method.name``. ``search_method``: the method whose
+    worst-case set is searched (a name, an object or a spec). ``forget_fraction``: m as a fraction in (0, 1)
+    of the pool, or of the classes when ``class_wise`` (0.1 of 10 classes = 1 class). ``seeds``: distinct
+    integers. ``hypergrad``: one of `worst_case.HYPERGRADS`; ``upper_steps`` and ``lower_steps`` (≥ 1): the
+    search's outer steps and lower-level steps per outer step; ``search_options``: further
+    `worst_case.search` keywords. ``method_hparams``: ``{name: {key: value}}`` for registry methods (fixed,
+    never tuned). ``device``, ``data_dir``, ``cache_dir``: as `unlearning.setup.prepare`.
+
+    Checking loads the dataset once (m must leave at least one example, or class, out of the forget set).
+    ``seeds`` is kept as a tuple and ``methods`` as a tuple of entries. The resolved methods, the searched
+    method and m are `built_methods`, `built_search_method` and `forget_size`; `record` is the report's
+    ``config``.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    methods: Sequence[Any] | str = DEFAULT_METHODS
+    forget_fraction: float = 0.1
+    class_wise: bool = False
+    seeds: Sequence[int] = DEFAULT_SEEDS
+    search_method: Any = "ft"
+    hypergrad: str = "first_order"
+    upper_steps: int = 20
+    lower_steps: int = 10
+    search_options: dict[str, Any] | None = None
+    method_hparams: dict[str, dict[str, Any]] | None = None
+    tune: bool = False
+    device: str = "cpu"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seeds, (str, bytes)):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "methods", tuple(_split(self.methods)))
+        object.__setattr__(self, "_resolved", _resolve(self))
+
+    @property
+    def built_methods(self) -> list[Any]:
+        """The method objects under test, in order."""
+        return list(self._resolved.methods)  # type: ignore[attr-defined]
+
+    @property
+    def built_search_method(self) -> Any:
+        """The method object whose worst-case set is searched."""
+        return self._resolved.search_method  # type: ignore[attr-defined]
+
+    @property
+    def forget_size(self) -> int:
+        """m: examples in each forget set, or classes when ``class_wise``."""
+        return self._resolved.forget_size  # type: ignore[attr-defined]
+
+    def search_keywords(self) -> dict[str, Any]:
+        """The keywords `worst_case.search` gets besides the budget, mode and seed."""
+        return {
+            "upper_steps": self.upper_steps,
+            "inner_steps": self.lower_steps,
+            **(self.search_options or {}),
+        }
+
+    def setup_keywords(self) -> dict[str, Any]:
+        """The keywords `unlearning.setup.prepare` gets besides the data, model, forget set and seed."""
+        return {"device": self.device, "data_dir": self.data_dir, "cache_dir": self.cache_dir}
+
+    def record(self) -> dict[str, Any]:
+        """The report's ``config`` (`RECORD_KEYS`, JSON values): the fields (as `dataclasses.asdict` lists
+        them, without its deep copy of method objects) and what they determine: ``methods`` and
+        ``search_method`` as ``{name, spec, hparams}``, ``forget_size`` (m), ``search_options`` =
+        `search_keywords` (``upper_steps``, ``lower_steps`` folded in). ``data_dir`` and ``cache_dir`` say
+        where files live, not what is computed: not recorded, so a moved cache still resumes."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        derived = {
+            "methods": [_describe_method(s, m) for s, m in zip(self.methods, self.built_methods)],
+            "class_wise": bool(self.class_wise),
+            "forget_size": self.forget_size,
+            "search_method": _describe_method(self.search_method, self.built_search_method),
+            "search_options": self.search_keywords(),
+            "method_hparams": self.method_hparams or {},
+            "tune": bool(self.tune),
+            "device": str(self.device),
+        }
+        values = {**fields, **derived}
+        return jsonable({key: values[key] for key in RECORD_KEYS})
+
+
+def changed_keys(record: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """The keys in which a saved report's ``config`` differs from ``record`` (a `StressConfig.record`); none
+    when they are equal and the report has this `FORMAT`, else at least ``["format"]``."""
+    old = saved.get("config", {})
+    if saved.get("format") == FORMAT and old == record:
+        return []
+    return sorted(k for k in set(record) | set(old) if record.get(k) != old.get(k)) or ["format"]
+
+
+def _guard(param: str, check: Callable[..., Any], *args: Any, named: bool = True) -> Any:
+    """``check(*args)``, its ``ValueError`` or ``TypeError`` raised as `StressInputError` naming ``param``
+    (``named``: the message starts with ``param``, dropped since the error names it)."""
+    try:
+        return check(*args)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        raise StressInputError(param, text.removeprefix(f"{param} ") if named else text) from None
+
+
+def _resolve(config: StressConfig) -> _Resolved:
+    """Check every option of ``config`` (in the order of the dataclass fields that depend on nothing else)
+    and build what it names."""
+    from . import datasets, models, splits
+    from .setup import resolve_device
+
+    _guard("hypergrad", one_of, config.hypergrad, "hypergrad", HYPERGRADS)
+    seeds = _check_seeds(config.seeds)
+    _guard("upper_steps", positive_int, config.upper_steps, "upper_steps")
+    _guard("lower_steps", positive_int, config.lower_steps, "lower_steps")
+    _guard("device", resolve_device, config.device, named=False)
+    built = resolve_methods(config.methods, config.method_hparams)
+    searched = _search_method(config.search_method, config.method_hparams)
+    if str(config.model).lower() not in models.NAMES:
+        raise StressInputError(
+            "model", f"unknown model {config.model!r}; choose one of {', '.join(models.NAMES)}"
+        )
+    try:
+        ds = datasets.load(config.dataset, config.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        raise StressInputError("dataset", str(err)) from None
+    pool = splits.make_split(ds, seeds[0]).pool
+    return _Resolved(tuple(built), searched, _check_fraction(config.forget_fraction, config.class_wise, pool))
+
+
+def _search_method(spec: Any, method_hparams: dict[str, dict[str, Any]] | None) -> Any:
+    """The searched method: a registry name gets its ``method_hparams`` entry; an object or spec is as is."""
+    key = spec.strip().lower() if isinstance(spec, str) else None
+    try:
+        return resolve(
+            key if key and ":" not in key else spec,
+            **((method_hparams or {}).get(key, {}) if key else {}),
+        )
+    except (ValueError, TypeError) as err:
+        raise StressInputError("search_method", str(err)) from None
+
+
+def _describe_method(spec: Any, method: Any) -> dict[str, Any]:
+    """A method in the report: its name, the spec that rebuilds it and its hyper-parameters."""
+    return {"name": method.name, "spec": _method_spec(spec, method), "hparams": _hparams_of(method)}
+
+
 def _method_spec(spec: Any, method: Any) -> str:
     if isinstance(spec, str):
         return spec.strip()
@@ -84,11 +266,7 @@ def _method_spec(spec: Any, method: Any) -> str:
 
 def _hparams_of(method: Any) -> dict[str, Any]:
     get = getattr(method, "hparams", None)
-    return _jsonable(get()) if callable(get) else {}
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+    return jsonable(get()) if callable(get) else {}
 
 
 def _split(methods: Sequence[Any] | str) -> list[Any]:
@@ -111,11 +289,6 @@ def resolve_methods(
         text = str(err)
         param = "method_hparams" if "hyper-parameters" in text or "hyper-parameter" in text else "methods"
         raise StressInputError(param, text) from None
-
-
-def _check_steps(value: Any, param: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StressInputError(param, f"must be an integer >= 1, got {value!r}")
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -165,9 +338,14 @@ def _variant(method: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(method, **overrides) if overrides else method
 
 
+def _variant(method: Any, overrides: dict[str, Any]) -> Any:
+    return dataclasses.replace(method, **overrides) if overrides else method
+
+
 # -------------------------------------------------------------------------------------------- the run
 class _Store:
-    """The report being built; with ``out``, written to ``out/report.json`` after every change."""
+    """The report being built; with ``out``, written to ``out/report.json`` after every change. A report
+    already there is resumed when its configuration equals ``config`` (`changed_keys`), else refused."""
 
     def __init__(self, out: Path | None, config: dict[str, Any]) -> None:
         self.out = out
@@ -182,12 +360,8 @@ class _Store:
         }
         if out is not None and (out / REPORT).exists():
             old = json.loads((out / REPORT).read_text())
-            if old.get("format") != FORMAT or old.get("config") != config:
-                diff = sorted(
-                    k
-                    for k in set(config) | set(old.get("config", {}))
-                    if config.get(k) != old.get("config", {}).get(k)
-                ) or ["format"]
+            diff = changed_keys(config, old)
+            if diff:
                 raise StressInputError(
                     "out",
                     f"{out} holds a stress test with a different configuration (differs in: "
@@ -209,9 +383,31 @@ class _Store:
 
     def save(self) -> None:
         if self.out is not None:
-            from .io import write_json
-
             write_json(self.out / REPORT, self.data)
+
+
+class _Run:
+    """One stress test under way: its config, its `_Store`, the tuning grids and the progress count
+    (``progress(done, total, message)`` before each step)."""
+
+    def __init__(
+        self, config: StressConfig, out: str | Path | None, progress: Callable[[int, int, str], None] | None
+    ) -> None:
+        self.config = config
+        self.out = Path(out) if out is not None else None
+        self.store = _Store(self.out, config.record())
+        fixed = {str(k).lower(): sorted(v) for k, v in (config.method_hparams or {}).items()}
+        built = config.built_methods
+        self.grids = {m.name: tune_grid(m, fixed.get(m.name, ())) if config.tune else [{}] for m in built}
+        tuning = sum(map(len, self.grids.values())) if config.tune else 0
+        self.total = len(config.seeds) * (1 + 2 * (2 + len(built))) + tuning
+        self.done = 0
+        self.progress = progress
+
+    def step(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+        self.done += 1
 
 
 def _row(
@@ -238,11 +434,6 @@ def _failed_row(selection: str, seed: int, method: str, err: Exception) -> dict:
         "avg_gap": None,
         "error": " ".join(str(err).split()),
     }
-
-
-def _fmt(value: float | None, spec: str = ".2f", missing: str = "diverged") -> str:
-    """A summary number, or ``missing`` where every run of it diverged (None)."""
-    return missing if value is None else format(value, spec)
 
 
 def _mean_std(values: Sequence[float]) -> list[float]:
@@ -283,232 +474,49 @@ def summarize(results: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[
 
 
 def stress_test(
+    config: StressConfig | None = None,
     *,
-    dataset: str = "digits",
-    model: str = "mlp",
-    methods: Sequence[Any] | str = DEFAULT_METHODS,
-    forget_fraction: float = 0.1,
-    class_wise: bool = False,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    search_method: Any = "ft",
-    hypergrad: str = "first_order",
-    upper_steps: int = 20,
-    lower_steps: int = 10,
-    search_options: dict[str, Any] | None = None,
-    method_hparams: dict[str, dict[str, Any]] | None = None,
-    tune: bool = False,
-    device: str = "cpu",
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
     out: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Run the stress test (module docstring) and return the JSON-ready report.
+    """Run the stress test (module docstring) of ``config``, or of ``StressConfig(**options)``, and return
+    the JSON-ready report. ``out``: folder for ``report.json`` (written row by row; resumed), ``report.md``,
+    the plots (`unlearning.report.PLOTS`) and ``sets/``. ``progress(done, total, message)`` is called before
+    each step.
 
-    ``methods``: names (``"salun"``), `unlearning.methods.Method` objects (``MyMethod()``) or
-    ``"pkg.module:Class"`` specs, or one comma-separated string of names and specs; default: every registry
-    method but Retrain. The report names each by ``method.name``. ``search_method``: the method whose
-    worst-case set is searched (a name, an object or a spec). ``forget_fraction``: m as a fraction of the
-    pool, or of the classes when ``class_wise`` (0.1 of 10 classes = 1 class). ``hypergrad``: one of
-    `worst_case.HYPERGRADS`; ``upper_steps`` and ``lower_steps``: the search's outer steps and lower-level
-    steps per outer step; ``search_options``: further `worst_case.search` keywords. ``method_hparams``:
-    ``{name: {key: value}}`` for registry methods (fixed, never tuned). ``out``: folder for ``report.json``
-    (written row by row; resumed) and ``sets/``. ``progress(done, total, message)`` is called before each
-    step.
-
-    Raises `StressInputError` (a ``ValueError`` naming the parameter) for a bad input, before any training.
+    Raises `StressInputError` (a ``ValueError`` naming the parameter) for a bad input, before any training;
+    ``TypeError`` for an unknown option, or for options given with a ``config``.
     """
-    from . import datasets, models, splits
-    from .setup import resolve_device
-
     started = time.perf_counter()
-    if hypergrad not in HYPERGRADS:
-        raise StressInputError("hypergrad", f"must be one of {', '.join(HYPERGRADS)}, got {hypergrad!r}")
-    seeds = _check_seeds(seeds)
-    _check_steps(upper_steps, "upper_steps")
-    _check_steps(lower_steps, "lower_steps")
-    try:
-        resolve_device(device)
-    except ValueError as err:
-        raise StressInputError("device", str(err)) from None
-    built = resolve_methods(methods, method_hparams)
-    names = [m.name for m in built]
-    search_key = search_method.strip().lower() if isinstance(search_method, str) else None
-    try:
-        searched = resolve(
-            search_key if search_key and ":" not in search_key else search_method,
-            **((method_hparams or {}).get(search_key, {}) if search_key else {}),
+    if config is None:
+        config = StressConfig(**options)
+    elif options:
+        raise TypeError(
+            f"stress_test: give a StressConfig or its options, not both (got config and "
+            f"{', '.join(options)}); use dataclasses.replace(config, ...) to change one"
         )
-    except (ValueError, TypeError) as err:
-        raise StressInputError("search_method", str(err)) from None
-    if str(model).lower() not in models.NAMES:
-        raise StressInputError("model", f"unknown model {model!r}; choose one of {', '.join(models.NAMES)}")
-    try:
-        ds = datasets.load(dataset, data_dir)
-    except (ValueError, FileNotFoundError) as err:
-        raise StressInputError("dataset", str(err)) from None
-    size = _check_fraction(forget_fraction, class_wise, splits.make_split(ds, seeds[0]).pool)
-    fixed = {str(k).lower(): sorted(v) for k, v in (method_hparams or {}).items()}
-    options = {"upper_steps": upper_steps, "inner_steps": lower_steps, **(search_options or {})}
-    specs = _split(methods)
-    config = _jsonable(
-        {
-            "dataset": dataset,
-            "model": model,
-            "methods": [
-                {"name": m.name, "spec": _method_spec(s, m), "hparams": _hparams_of(m)}
-                for s, m in zip(specs, built)
-            ],
-            "forget_fraction": forget_fraction,
-            "class_wise": bool(class_wise),
-            "forget_size": size,
-            "seeds": seeds,
-            "search_method": {
-                "name": searched.name,
-                "spec": _method_spec(search_method, searched),
-                "hparams": _hparams_of(searched),
-            },
-            "hypergrad": hypergrad,
-            "search_options": options,
-            "method_hparams": method_hparams or {},
-            "tune": bool(tune),
-            "device": str(device),
-        }
-    )
-    out_dir = Path(out) if out is not None else None
-    store = _Store(out_dir, config)
-    grids = {m.name: tune_grid(m, fixed.get(m.name, ())) if tune else [{}] for m in built}
-    total = len(seeds) * (1 + 2 * (2 + len(built))) + (sum(map(len, grids.values())) if tune else 0)
-    done = 0
-
-    def step(message: str) -> None:
-        nonlocal done
-        if progress is not None:
-            progress(done, total, message)
-        done += 1
-
-    common = {"device": device, "data_dir": data_dir, "cache_dir": cache_dir}
-    chosen: dict[str, Any] = {}
-    for seed in seeds:
-        step(f"seed {seed}: original model and worst-case search ({searched.name}, {hypergrad})")
-        found = _search(
-            store,
-            out_dir,
-            seed,
-            dataset,
-            model,
-            forget_fraction,
-            class_wise,
-            searched,
-            hypergrad,
-            options,
-            common,
-        )
+    run = _Run(config, out, progress)
+    chosen: dict[str, dict[str, Any]] = {}
+    for seed in config.seeds:
+        found = _worst_case_set(run, seed)
         for selection, index in (("random", found.initial_indices), ("worst", found.indices)):
-            get_prepared = functools.cache(
-                functools.partial(_prepare_set, dataset, model, index, seed, common, class_wise)
-            )
-            step(f"seed {seed}, {selection} set: Retrain")
-            retrain = store.row(selection, seed, "retrain")
-            if retrain is None:
-                p = get_prepared()
-                retrain_model, seconds = p.retrain()
-                retrain = _row(
-                    selection, seed, "retrain", metrics.evaluate(retrain_model, p.task), seconds, 0.0
-                )
-                store.add("results", retrain)
-            step(f"seed {seed}, {selection} set: original")
-            if store.row(selection, seed, "original") is None:
-                p = get_prepared()
-                values = metrics.evaluate(p.original, p.task)
-                store.add(
-                    "results",
-                    _row(selection, seed, "original", values, 0.0, metrics.avg_gap(values, retrain)),
-                )
+            experiment = functools.cache(functools.partial(_experiment, config, index, seed))
+            retrain = _reference_rows(run, selection, seed, experiment)
             if not chosen:
-                chosen = _choose(store, built, grids, tune, seed, get_prepared, retrain, step)
-            for method in built:
-                step(f"seed {seed}, {selection} set: {method.name}")
-                if store.row(selection, seed, method.name) is not None:
-                    continue
-                try:
-                    row = method_row(get_prepared(), _variant(method, chosen[method.name]), retrain, seed)
-                except FloatingPointError as err:  # the method diverged here: record it, go on with the rest
-                    store.add("results", _failed_row(selection, seed, method.name, err))
-                    continue
-                store.add("results", _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"]))
-    summary, gap_increase = summarize(store.data["results"], names)
-    store.data.update(
-        complete=True,
-        summary=summary,
-        gap_increase=gap_increase,
-        seconds=store.data.get("seconds", 0.0) + time.perf_counter() - started,
-    )
-    store.save()
-    if out_dir is not None:
-        from .io import write_text
-
-        write_text(out_dir / "report.md", markdown(store.data))
-        plot(store.data, out_dir)
-    return store.data
+                chosen = _choose(run, seed, experiment, retrain)
+            _method_rows(run, selection, seed, experiment, retrain, chosen)
+    return _finish(run, started)
 
 
-def _search(
-    store: _Store,
-    out: Path | None,
-    seed: int,
-    dataset: str,
-    model: str,
-    fraction: float,
-    class_wise: bool,
-    method: Any,
-    hypergrad: str,
-    options: dict[str, Any],
-    common: dict[str, Any],
-) -> SearchResult:
-    """The seed's worst-case search, or the one a previous run saved in ``out/sets``."""
+# ------------------------------------------------------------------------------------- phase 1: models
+def _experiment(config: StressConfig, index: torch.Tensor, seed: int) -> Any:
+    """The experiment forgetting pool rows ``index`` (the split and original model of ``seed``, cached;
+    Retrain on demand); class-wise, the test set drops the forgotten classes."""
     from .setup import prepare
 
-    path = None if out is None else out / "sets" / f"seed{seed}.json"
-    if path is not None and path.exists() and str(seed) in store.data["searches"]:
-        return SearchResult.load(path)
-    base = prepare(dataset, model, f"random:{fraction}", seed=seed, **common)
-    found = search(
-        base,
-        method,
-        budget=fraction,
-        hypergrad=hypergrad,
-        classwise=class_wise,
-        seed=seed,
-        progress=False,
-        **options,
-    )
-    if path is not None:
-        found.save(path)
-    store.data["searches"][str(seed)] = {
-        "file": None if path is None else f"sets/seed{seed}.json",
-        "seconds": found.seconds,
-        "objective": found.objective,
-        "curve": [h["objective"] for h in found.history],
-        "size": int(found.indices.numel()),
-        "classes": None if found.classes is None else [int(c) for c in found.classes.tolist()],
-        "random_classes": None
-        if found.classes is None
-        else sorted({int(c) for c in base.task.pool.y[found.initial_indices].tolist()}),
-        "overlap_with_random": int(torch.isin(found.indices, found.initial_indices).sum()),
-    }
-    store.save()
-    return found
-
-
-def _prepare_set(
-    dataset: str, model: str, index: torch.Tensor, seed: int, common: dict, class_wise: bool
-) -> Any:
-    """The experiment forgetting pool rows ``index``; class-wise, the test set drops the forgotten classes."""
-    from .setup import prepare
-
-    prepared = prepare(dataset, model, index, seed=seed, **common)
-    if class_wise:
+    prepared = prepare(config.dataset, config.model, index, seed=seed, **config.setup_keywords())
+    if config.class_wise:
         task = prepared.task
         gone = torch.unique(task.pool.y[index.to(task.pool.y.device)]).to(task.test.y.device)
         keep = (~torch.isin(task.test.y, gone)).nonzero().squeeze(1)
@@ -521,232 +529,162 @@ def _prepare_set(
     return prepared
 
 
-def _choose(
-    store: _Store,
-    built: Sequence[Any],
-    grids: dict[str, list[dict[str, Any]]],
-    tune: bool,
+# --------------------------------------------------------------------------------------- phase 2: sets
+def _worst_case_set(run: _Run, seed: int) -> SearchResult:
+    """The seed's worst-case search (its original model trained or loaded first), or the one a previous run
+    saved in ``out/sets``; recorded in the report's ``searches``."""
+    from .setup import prepare
+
+    config = run.config
+    run.step(
+        f"seed {seed}: original model and worst-case search ({config.built_search_method.name}, "
+        f"{config.hypergrad})"
+    )
+    path = None if run.out is None else run.out / "sets" / f"seed{seed}.json"
+    if path is not None and path.exists() and str(seed) in run.store.data["searches"]:
+        return SearchResult.load(path)
+    fraction = config.forget_fraction
+    base = prepare(config.dataset, config.model, f"random:{fraction}", seed=seed, **config.setup_keywords())
+    found = search(
+        base,
+        config.built_search_method,
+        budget=fraction,
+        hypergrad=config.hypergrad,
+        classwise=config.class_wise,
+        seed=seed,
+        progress=False,
+        **config.search_keywords(),
+    )
+    if path is not None:
+        found.save(path)
+    run.store.data["searches"][str(seed)] = _search_record(found, base.task.pool.y, path)
+    run.store.save()
+    return found
+
+
+def _search_record(found: SearchResult, pool_y: torch.Tensor, path: Path | None) -> dict[str, Any]:
+    """A search in the report: its file, time, objective and curve, the set's size (classes too, when
+    class-wise) and how much of it the random start already held."""
+    classwise = found.classes is not None
+    return {
+        "file": None if path is None else f"sets/{path.name}",
+        "seconds": found.seconds,
+        "objective": found.objective,
+        "curve": [h["objective"] for h in found.history],
+        "size": int(found.indices.numel()),
+        "classes": [int(c) for c in found.classes.tolist()] if classwise else None,
+        "random_classes": sorted({int(c) for c in pool_y[found.initial_indices].tolist()})
+        if classwise
+        else None,
+        "overlap_with_random": int(torch.isin(found.indices, found.initial_indices).sum()),
+    }
+
+
+# --------------------------------------------------------------------------------------- phase 3: rows
+def _reference_rows(run: _Run, selection: str, seed: int, experiment: Callable[[], Any]) -> dict:
+    """Retrain's row (its metrics are the reference of every gap) and the original model's, on one set."""
+    store = run.store
+    run.step(f"seed {seed}, {selection} set: Retrain")
+    retrain = store.row(selection, seed, "retrain")
+    if retrain is None:
+        p = experiment()
+        retrain_model, seconds = p.retrain()
+        retrain = _row(selection, seed, "retrain", metrics.evaluate(retrain_model, p.task), seconds, 0.0)
+        store.add("results", retrain)
+    run.step(f"seed {seed}, {selection} set: original")
+    if store.row(selection, seed, "original") is None:
+        p = experiment()
+        values = metrics.evaluate(p.original, p.task)
+        store.add("results", _row(selection, seed, "original", values, 0.0, metrics.avg_gap(values, retrain)))
+    return retrain
+
+
+def _method_rows(
+    run: _Run,
+    selection: str,
     seed: int,
-    get_prepared: Callable[[], Any],
+    experiment: Callable[[], Any],
     retrain: dict,
-    step: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
-    """The hyper-parameter overrides each method runs with: none, or (``tune``) the grid candidate with the
-    smallest Avg. Gap on this (the first seed's random) set; every candidate is a ``tuning`` entry."""
-    chosen: dict[str, dict[str, Any]] = {}
-    for method in built:
-        if not tune:
-            chosen[method.name] = {}
+    chosen: dict[str, dict[str, Any]],
+) -> None:
+    """Each method's row on one set (with its ``chosen`` overrides); a diverged run is recorded as such and
+    the others go on. Rows already in the report are kept."""
+    for method in run.config.built_methods:
+        run.step(f"seed {seed}, {selection} set: {method.name}")
+        if run.store.row(selection, seed, method.name) is not None:
             continue
-        tried = []
-        for overrides in grids[method.name]:
-            step(f"tuning {method.name} {overrides or ''}".strip())
-            entry = next(
-                (
-                    t
-                    for t in store.data["tuning"]
-                    if t["method"] == method.name and t["overrides"] == _jsonable(overrides)
-                ),
-                None,
-            )
-            if entry is None:
-                candidate = _variant(method, overrides)
-                try:
-                    values = method_row(get_prepared(), candidate, retrain, seed)
-                    seconds, gap = values["seconds"], values["avg_gap"]
-                except FloatingPointError:  # this candidate diverged: not a choice
-                    values, seconds, gap = {}, 0.0, None
-                entry = {
-                    "method": method.name,
-                    "overrides": _jsonable(overrides),
-                    "hparams": _hparams_of(candidate),
-                    **{k: values.get(k) for k in METRICS},
-                    "seconds": seconds,
-                    "avg_gap": gap,
-                }
-                store.add("tuning", entry)
-            tried.append((overrides, entry))
-        finite = [(o, e) for o, e in tried if e["avg_gap"] is not None]
-        if not finite:
-            raise ValueError(f"--tune: every candidate of {method.name} diverged; fix its hyper-parameters")
-        best, entry = min(finite, key=lambda oe: oe[1]["avg_gap"])
-        chosen[method.name] = best
-    store.data["hparams"] = {m.name: _hparams_of(_variant(m, chosen[m.name])) for m in built}
-    store.save()
+        try:
+            row = method_row(experiment(), _variant(method, chosen[method.name]), retrain, seed)
+        except FloatingPointError as err:  # the method diverged here: record it, go on with the rest
+            run.store.add("results", _failed_row(selection, seed, method.name, err))
+            continue
+        run.store.add("results", _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"]))
+
+
+def _choose(run: _Run, seed: int, experiment: Callable[[], Any], retrain: dict) -> dict[str, dict[str, Any]]:
+    """The hyper-parameter overrides each method runs with: none, or (``tune``) the grid candidate with the
+    smallest Avg. Gap on this (the first seed's random) set; recorded in the report's ``hparams``."""
+    built = run.config.built_methods
+    chosen = {m.name: _tune(run, m, seed, experiment, retrain) if run.config.tune else {} for m in built}
+    run.store.data["hparams"] = {m.name: _hparams_of(_variant(m, chosen[m.name])) for m in built}
+    run.store.save()
     return chosen
 
 
-# ---------------------------------------------------------------------------------------------- outputs
-def _describe(cfg: dict[str, Any]) -> str:
-    unit = "of the classes (class-wise)" if cfg["class_wise"] else "of the pool (data-wise)"
-    return (
-        f"{cfg['dataset']}/{cfg['model']}, forget fraction {cfg['forget_fraction']} {unit} = "
-        f"{cfg['forget_size']} {'classes' if cfg['class_wise'] else 'examples'}, seeds {cfg['seeds']}"
-    )
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: per-selection tables (mean ± std over seeds), the gap increase, the tuning
-    table and the searches."""
-    cfg = report["config"]
-    names = [m["name"] for m in cfg["methods"]]
-    summary = report["summary"]
-    search_cfg = cfg["search_method"]
-    lines = [
-        f"# Stress test: {_describe(cfg)}",
-        "",
-        f"Worst-case sets searched for `{search_cfg['name']}` with the `{cfg['hypergrad']}` hypergradient "
-        f"({cfg['search_options']['upper_steps']} upper steps × {cfg['search_options']['inner_steps']} lower "
-        "steps); each compared with the random start set of the same size and seed. Metrics in percent, "
-        "mean ± std over seeds; Avg. Gap is to Retrain on the same set. Hyper-parameters: "
-        + ("tuned on the first seed's random set (below)." if cfg["tune"] else "the methods' defaults")
-        + ("" if cfg["tune"] or not cfg["method_hparams"] else f" with {cfg['method_hparams']}")
-        + ("" if cfg["tune"] else "."),
-        "",
-    ]
-    for selection in SELECTIONS:
-        lines += [
-            f"## {selection} forget set",
-            "",
-            "| method | UA | RA | TA | MIA | Avg. Gap | seconds |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, vals in summary[selection].items():
-            if vals["avg_gap"][0] is None:
-                cells = " | ".join("diverged" for _ in COLUMNS)
-            else:
-                cells = " | ".join(f"{vals[c][0]:.2f} ± {vals[c][1]:.2f}" for c in COLUMNS)
-            note = f" ({vals['diverged']} seed(s) diverged)" if vals.get("diverged") else ""
-            lines.append(f"| {name}{note} | {cells} |")
-        lines.append("")
-    lines += [
-        "## Gap increase on the worst-case set",
-        "",
-        "| method | Avg. Gap random | Avg. Gap worst | increase |",
-        "|---|---|---|---|",
-    ]
-    for name, inc in sorted(report["gap_increase"].items(), key=lambda kv: -kv[1]):
-        r, w = summary["random"][name]["avg_gap"][0], summary["worst"][name]["avg_gap"][0]
-        lines.append(f"| {name} | {r:.2f} | {w:.2f} | {inc:+.2f} |")
-    ran = list(report["gap_increase"])  # the methods with a mean gap on both sets
-    mean_r = sum(summary["random"][n]["avg_gap"][0] for n in ran) / max(1, len(ran))
-    mean_w = sum(summary["worst"][n]["avg_gap"][0] for n in ran) / max(1, len(ran))
-    ua_r, ua_w = summary["random"]["retrain"]["UA"][0], summary["worst"]["retrain"]["UA"][0]
-    failed = [r for r in report["results"] if r.get("error")]
-    lines += [
-        f"| **mean of the methods** | {mean_r:.2f} | {mean_w:.2f} | {mean_w - mean_r:+.2f} |",
-        "",
-        *(
-            [f"Mean over the {len(ran)} of {len(names)} methods that ran on both sets."]
-            if len(ran) < len(names)
-            else []
-        ),
-        *(
-            f"Diverged: {r['method']} on the {r['selection']} set of seed {r['seed']} ({r['error']})."
-            for r in failed
-        ),
-        "",
-        f"Retrain's UA: {ua_r:.2f} on the random sets, {ua_w:.2f} on the worst-case sets.",
-        "",
-    ]
-    if report.get("tuning"):
-        lines += [
-            "## Tuning (first seed's random set; smallest Avg. Gap chosen)",
-            "",
-            "| method | candidate | UA | MIA | Avg. Gap | chosen |",
-            "|---|---|---|---|---|---|",
-        ]
-        for t in report["tuning"]:
-            label = ", ".join(
-                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["overrides"].items()
-            )
-            mark = (
-                "✓"
-                if all(report["hparams"][t["method"]].get(k) == v for k, v in t["overrides"].items())
-                else ""
-            )
-            gap = "diverged" if t["avg_gap"] is None else f"{t['avg_gap']:.2f}"
-            ua = "" if t["UA"] is None else f"{t['UA']:.2f}"
-            mia = "" if t["MIA"] is None else f"{t['MIA']:.2f}"
-            lines.append(f"| {t['method']} | {label or '(defaults)'} | {ua} | {mia} | {gap} | {mark} |")
-        lines.append("")
-    lines += [
-        "## Searches",
-        "",
-        "| seed | F(random start) | F(worst set) | overlap with random | seconds | set |",
-        "|---|---|---|---|---|---|",
-    ]
-    for seed, s in report["searches"].items():
-        lines.append(
-            f"| {seed} | {s['objective']['initial']:.4g} | {s['objective']['final']:.4g} | "
-            f"{s['overlap_with_random']}/{s['size']} | {s['seconds']:.1f} | {s['file'] or ''} |"
+def _tune(run: _Run, method: Any, seed: int, experiment: Callable[[], Any], retrain: dict) -> dict[str, Any]:
+    """The candidate of ``method``'s grid with the smallest Avg. Gap; every candidate is a ``tuning`` entry
+    (reused from the report when there)."""
+    tried = []
+    for overrides in run.grids[method.name]:
+        run.step(f"tuning {method.name} {overrides or ''}".strip())
+        key = jsonable(overrides)
+        entry = next(
+            (t for t in run.store.data["tuning"] if t["method"] == method.name and t["overrides"] == key),
+            None,
         )
-    lines += ["", f"Total time: {report['seconds']:.1f} s.", ""]
-    return "\n".join(lines)
+        if entry is None:
+            entry = _tuning_entry(method, overrides, experiment(), retrain, seed)
+            run.store.add("tuning", entry)
+        tried.append((overrides, entry))
+    finite = [(o, e) for o, e in tried if e["avg_gap"] is not None]
+    if not finite:
+        raise ValueError(f"--tune: every candidate of {method.name} diverged; fix its hyper-parameters")
+    best, _ = min(finite, key=lambda oe: oe[1]["avg_gap"])
+    return best
 
 
-PLOTS = ("avg_gap.png", "ua_mia.png", "search.png")
+def _tuning_entry(method: Any, overrides: dict[str, Any], prepared: Any, retrain: dict, seed: int) -> dict:
+    """One tuning candidate run: its overrides, hyper-parameters, metrics and gap (None: it diverged)."""
+    candidate = _variant(method, overrides)
+    try:
+        values = method_row(prepared, candidate, retrain, seed)
+        seconds, gap = values["seconds"], values["avg_gap"]
+    except FloatingPointError:  # this candidate diverged: not a choice
+        values, seconds, gap = {}, 0.0, None
+    return {
+        "method": method.name,
+        "overrides": jsonable(overrides),
+        "hparams": _hparams_of(candidate),
+        **{k: values.get(k) for k in METRICS},
+        "seconds": seconds,
+        "avg_gap": gap,
+    }
 
 
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
-    """Three PNGs in ``out`` (`PLOTS`): Avg. Gap per method on the random and worst-case sets (error bars:
-    std over seeds); UA and MIA-Efficacy per method, Retrain included, on both; the search objective F per
-    upper step, one curve per seed."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import write_atomic
-
-    out = Path(out)
-    names = [m["name"] for m in report["config"]["methods"]]
-    summary = report["summary"]
-    colors = {"random": "tab:blue", "worst": "tab:red"}
-
-    def bars(ax: Any, rows: list[str], column: str, label: str) -> None:
-        xs = range(len(rows))
-        for shift, selection in ((-0.2, "random"), (0.2, "worst")):
-            means = [_nan(summary[selection][n][column][0]) for n in rows]
-            stds = [_nan(summary[selection][n][column][1]) for n in rows]
-            ax.bar([x + shift for x in xs], means, 0.4, yerr=stds, color=colors[selection], label=selection)
-        ax.set_xticks(list(xs), rows, rotation=30, ha="right")
-        ax.set_ylabel(label)
-        ax.legend(title="forget set")
-
-    def save(fig: Any, name: str) -> Path:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        return write_atomic(out / name, lambda f: f.write(buf.getvalue()))
-
-    written = []
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
-    bars(ax, names, "avg_gap", "Avg. Gap to Retrain (points)")
-    ax.set_title("Avg. Gap to Retrain: random vs worst-case forget set")
-    written.append(save(fig, PLOTS[0]))
-
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(names) + 4), 4))
-    for ax, col, label in ((axes[0], "UA", "UA (%)"), (axes[1], "MIA", "MIA-Efficacy (%)")):
-        bars(ax, ["retrain", *names], col, label)
-        ax.set_title(f"{label}: random vs worst-case forget set")
-    written.append(save(fig, PLOTS[1]))
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for seed, s in report["searches"].items():
-        ax.plot(range(1, len(s["curve"]) + 1), s["curve"], marker=".", label=f"seed {seed}")
-    if all(v > 0 for s in report["searches"].values() for v in s["curve"]):
-        ax.set_yscale("log")
-    ax.set_xlabel("upper step")
-    ax.set_ylabel("search objective F(w)")
-    ax.set_title(f"worst-case search for {report['config']['search_method']['name']}")
-    ax.legend()
-    written.append(save(fig, PLOTS[2]))
-    return written
+# ------------------------------------------------------------------------------------ phase 4: summary
+def _finish(run: _Run, started: float) -> dict[str, Any]:
+    """Summary and gap increase over seeds, the total time, and (with ``out``) the markdown report and the
+    plots (`unlearning.report`)."""
+    data = run.store.data
+    summary, gap_increase = summarize(data["results"], [m.name for m in run.config.built_methods])
+    data.update(
+        complete=True,
+        summary=summary,
+        gap_increase=gap_increase,
+        seconds=data.get("seconds", 0.0) + time.perf_counter() - started,
+    )
+    run.store.save()
+    if run.out is not None:
+        write_text(run.out / "report.md", stress_markdown(data))
+        stress_plots(data, run.out)
+    return data

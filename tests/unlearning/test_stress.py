@@ -368,9 +368,9 @@ def test_a_diverging_method_is_recorded_and_the_others_still_run(tmp_path, cache
     text = (tmp_path / "report.md").read_text()
     assert "Diverged: diverges on the random set of seed 0" in text and "1 of 4 methods" in text
     assert all((tmp_path / p).exists() for p in stress.PLOTS)
-    from unlearning.commands.stress import print_table
+    from unlearning.report import stress_table
 
-    print_table(rep, tmp_path)  # the terminal table marks the diverged cells and lists the runs
+    stress_table(rep, tmp_path)  # the terminal table marks the diverged cells and lists the runs
     shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "n/a" in shown and "diverges (random, seed 0)" in shown
     again = stress_test(

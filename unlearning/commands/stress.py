@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearning.commands import CLIError, coerce
+
+if TYPE_CHECKING:
+    from unlearning.stress import StressConfig, StressInputError
 
 DESCRIPTION = """Stress-test unlearning methods on their worst-case forget set.
 
@@ -182,21 +185,55 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
     return out
 
 
-#: `stress_test` parameter → the flag that sets it.
+#: `StressConfig` field (or `stress_test` argument) → the flag that sets it, where the names differ.
 FLAGS = {"method_hparams": "--hp"}
 
 
-def run(args: argparse.Namespace) -> int:
-    from unlearning import stress
+def config_from_args(args: argparse.Namespace) -> StressConfig:
+    """The `unlearning.stress.StressConfig` of the command line: every flag mapped onto its field (the one
+    place that does so); a bad value is a `CLIError` naming the flag."""
     from unlearning.commands import check_at_least_one, check_experiment
-    from unlearning.loop import progress_bar
+    from unlearning.stress import StressConfig, StressInputError
 
     check_experiment(args)
     check_at_least_one(args, "threads", "search_batch_size")
     seeds = _seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    names = [m.lower() for m in methods if ":" not in m]
-    hparams = _hparams(args.hp, names)
+    hparams = _hparams(args.hp, [m.lower() for m in methods if ":" not in m])
+    try:
+        return StressConfig(
+            dataset=args.dataset.lower(),
+            model=args.model.lower(),
+            methods=[m if ":" in m else m.lower() for m in methods],
+            forget_fraction=args.forget_fraction,
+            class_wise=args.class_wise,
+            seeds=seeds,
+            search_method=args.search_method,
+            hypergrad=args.hypergrad,
+            upper_steps=args.upper_steps,
+            lower_steps=args.lower_steps,
+            search_options=None if args.search_batch_size is None else {"batch_size": args.search_batch_size},
+            method_hparams=hparams,
+            tune=args.tune,
+            device=args.device,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+        )
+    except StressInputError as err:
+        raise flag_error(err) from None
+
+
+def flag_error(err: StressInputError) -> CLIError:
+    """A `unlearning.stress.StressInputError` as the one-line error of the flag that sets its parameter."""
+    return CLIError(f"argument {FLAGS.get(err.param, '--' + err.param.replace('_', '-'))}: {err.message}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from unlearning import stress
+    from unlearning.loop import progress_bar
+    from unlearning.report import stress_table
+
+    config = config_from_args(args)
     if args.threads:
         import torch
 
@@ -212,71 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with bar:
-            report = stress.stress_test(
-                dataset=args.dataset.lower(),
-                model=args.model.lower(),
-                methods=[m if ":" in m else m.lower() for m in methods],
-                forget_fraction=args.forget_fraction,
-                class_wise=args.class_wise,
-                seeds=seeds,
-                search_method=args.search_method,
-                hypergrad=args.hypergrad,
-                upper_steps=args.upper_steps,
-                lower_steps=args.lower_steps,
-                search_options=None
-                if args.search_batch_size is None
-                else {"batch_size": args.search_batch_size},
-                method_hparams=hparams,
-                tune=args.tune,
-                device=args.device,
-                data_dir=args.data_dir,
-                cache_dir=args.cache_dir,
-                out=args.out,
-                progress=step,
-            )
-    except stress.StressInputError as err:
-        flag = FLAGS.get(err.param, "--" + err.param.replace("_", "-"))
-        raise CLIError(f"argument {flag}: {err.message}") from None
-    print_table(report, Path(args.out))
+            report = stress.stress_test(config=config, out=args.out, progress=step)
+    except stress.StressInputError as err:  # the output folder holds another configuration
+        raise flag_error(err) from None
+    stress_table(report, Path(args.out))
     return 0
-
-
-def print_table(report: dict[str, Any], out: Path) -> None:
-    """The summary in the terminal (rich): per method, UA, MIA and Avg. Gap on both sets (seed means)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    from unlearning.stress import PLOTS, _describe, _fmt
-
-    summary = report["summary"]
-    table = Table(
-        title=f"worst-case vs random forget sets ({_describe(report['config'])}; mean over seeds)",
-        box=box.SIMPLE_HEAD,
-    )
-    for col in ("method", "UA rand", "UA worst", "MIA rand", "MIA worst", "Gap rand", "Gap worst", "Δ gap"):
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
-    for name in summary["random"]:
-        r, w = summary["random"][name], summary["worst"][name]
-        delta = report["gap_increase"].get(name)
-        table.add_row(
-            name,
-            *(_fmt(v, missing="n/a") for v in (r["UA"][0], w["UA"][0], r["MIA"][0], w["MIA"][0])),
-            _fmt(r["avg_gap"][0], missing="n/a"),
-            _fmt(w["avg_gap"][0], missing="n/a"),
-            "" if delta is None else f"{delta:+.2f}",
-            end_section=name == "retrain",
-        )
-    names = list(report["gap_increase"])
-    means = [sum(summary[s][n]["avg_gap"][0] for n in names) / len(names) for s in ("random", "worst")]
-    table.add_row("mean", "", "", "", "", f"{means[0]:.2f}", f"{means[1]:.2f}", f"{means[1] - means[0]:+.2f}")
-    console = Console()
-    console.print(table)
-    failed = [r for r in report["results"] if r.get("error")]
-    if failed:
-        console.print(
-            "n/a: diverged on every seed; diverged runs (left out of the means): "
-            + "; ".join(f"{r['method']} ({r['selection']}, seed {r['seed']})" for r in failed)
-        )
-    files = ", ".join(str(out / f) for f in ("report.json", "report.md", *PLOTS))
-    console.print(f"wrote {files} and {out / 'sets'}/")
