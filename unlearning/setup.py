@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import augment as augment_mod
 from . import cache, datasets, models, splits, training
@@ -43,7 +44,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 @dataclass
 class Prepared:
-    """A ready experiment: ``task`` (on ``device``), the trained ``original`` model and the ``recipe``."""
+    """A ready experiment: ``task`` (on ``device``), the trained ``original`` model and the ``recipe``;
+    ``experiment`` is the `Experiment` it was prepared from."""
 
     dataset: Dataset
     split: Split
@@ -62,6 +64,7 @@ class Prepared:
     forget: str
     _config: dict = field(repr=False, default_factory=dict)
     retrain_from_cache: bool | None = None
+    experiment: Experiment | None = field(default=None, repr=False)
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of this experiment (seeded like the original), on ``device``."""
@@ -103,66 +106,94 @@ class Prepared:
         return trained.model, trained.seconds
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """What `prepare` builds, as one value: the ``dataset`` (`unlearning.datasets.load`, with ``data_dir``,
+    ``dataset_opts`` and ``data_seed``, which fixes the dataset's own test split), the ``model`` (a name of
+    `unlearning.models.NAMES`, with ``model_opts``), the ``forget`` set (a spec such as ``"random:0.1"`` or
+    ``"class:3"``, or pool positions), the ``seed`` of the split, the forget set, the initial weights and the
+    batch order, the ``device``, the training ``recipe`` (None: `default_recipe`), ``augment`` (
+    ``"default"``: `unlearning.augment.default_augment`; None: none), ``val_fraction`` of the split, the
+    task's ``batch_size`` (None: the recipe's), and the model cache (``cache_dir``, ``use_cache``).
+
+    An unknown model name is a ``ValueError`` when the experiment is built; the rest is checked where it is
+    used (the dataset by its loader, the device by `resolve_device`, the forget spec by
+    `unlearning.splits.forget_indices`)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    forget: str | Tensor = "random:0.1"
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    data_dir: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike | None = None
+    recipe: Recipe | None = None
+    model_opts: dict | None = None
+    dataset_opts: dict | None = None
+    augment: Augment | None | str = "default"
+    val_fraction: float = 0.1
+    batch_size: int | None = None
+    data_seed: int = 0
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or self.model.lower() not in models.NAMES:
+            raise ValueError(f"unknown model {self.model!r}: choose one of {', '.join(models.NAMES)}")
+
+
 def prepare(
-    dataset: str = "digits",
-    model: str = "mlp",
-    forget: str = "random:0.1",
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    recipe: Recipe | None = None,
-    model_opts: dict | None = None,
-    dataset_opts: dict | None = None,
-    augment: Augment | None | str = "default",
-    val_fraction: float = 0.1,
-    batch_size: int | None = None,
-    data_seed: int = 0,
-    use_cache: bool = True,
+    dataset: str | Experiment = "digits",
+    model: str | None = None,
+    forget: str | Tensor | None = None,
+    **options: Any,
 ) -> Prepared:
     """Load, split, pick the forget set and train (or load) the original model; see the module docstring.
 
-    ``recipe`` defaults to `default_recipe(dataset, model)`; ``augment="default"`` picks
-    `unlearning.augment.default_augment`; ``batch_size`` (the task's, for unlearning) defaults to the
-    recipe's.
+    ``prepare(dataset, model, forget, seed=..., device=..., ...)`` takes the fields of `Experiment` as
+    keywords (``model`` default "mlp", ``forget`` default "random:0.1"); ``prepare(Experiment(...))`` takes
+    one, and keywords given with it replace its fields. ``recipe`` defaults to `default_recipe(dataset,
+    model)`; ``augment="default"`` picks `unlearning.augment.default_augment`; ``batch_size`` (the task's,
+    for unlearning) defaults to the recipe's.
     """
-    dev = resolve_device(device)
-    ds = datasets.load(dataset, data_dir, seed=data_seed, **(dataset_opts or {}))
-    model_name = model.lower()
-    if model_name not in models.NAMES:
-        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(models.NAMES)}")
-    recipe = recipe if recipe is not None else default_recipe(ds.name, model_name)
-    aug = augment_mod.default_augment(ds.name, ds.image_shape) if augment == "default" else augment
-    split = splits.make_split(ds, seed, val_fraction)
+    given = {k: v for k, v in (("model", model), ("forget", forget)) if v is not None} | options
+    unknown = sorted(set(given) - {f.name for f in fields(Experiment)})
+    if unknown:
+        raise TypeError(f"prepare() got an unexpected keyword argument {unknown[0]!r}")
+    if isinstance(dataset, Experiment):
+        experiment = replace(dataset, **given) if given else dataset
+    else:
+        experiment = Experiment(dataset=dataset, **given)
+    prepared = _build(experiment)
+    _train_original(prepared)
+    return prepared
+
+
+def _build(exp: Experiment) -> Prepared:
+    """The experiment up to its untrained original: the device, the dataset, the recipe and augmentation,
+    the split and the task (on the device), and the cache key of the original model (``_config``)."""
+    dev = resolve_device(exp.device)
+    ds = datasets.load(exp.dataset, exp.data_dir, seed=exp.data_seed, **(exp.dataset_opts or {}))
+    model_name = exp.model.lower()
+    recipe = exp.recipe if exp.recipe is not None else default_recipe(ds.name, model_name)
+    aug = augment_mod.default_augment(ds.name, ds.image_shape) if exp.augment == "default" else exp.augment
+    split = splits.make_split(ds, exp.seed, exp.val_fraction)
     task = splits.make_task(
         split,
-        forget,
+        exp.forget,
         num_classes=ds.num_classes,
-        seed=seed,
+        seed=exp.seed,
         augment=aug,
-        batch_size=batch_size or recipe.batch_size,
-    )
-    task = Task(
-        pool=task.pool.to(dev),
-        forget_index=task.forget_index,
-        val=task.val.to(dev),
-        test=task.test.to(dev),
-        num_classes=task.num_classes,
-        augment=task.augment,
-        batch_size=task.batch_size,
-        seed=task.seed,
-        forget_class=task.forget_class,
-        name=task.name,
-    )
+        batch_size=exp.batch_size or recipe.batch_size,
+    ).to(dev)
     config = {
         "dataset": ds.describe(),
-        "data_seed": data_seed,
-        "split": {"seed": seed, "val_fraction": val_fraction},
-        "model": {"name": model_name, "options": model_opts or {}},
+        "data_seed": exp.data_seed,
+        "split": {"seed": exp.seed, "val_fraction": exp.val_fraction},
+        "model": {"name": model_name, "options": exp.model_opts or {}},
         "device": dev.type,
     }
-    prepared = Prepared(
+    forget = exp.forget
+    return Prepared(
         dataset=ds,
         split=split,
         task=task,
@@ -171,27 +202,31 @@ def prepare(
         original_from_cache=False,
         recipe=recipe,
         model_name=model_name,
-        model_opts=dict(model_opts or {}),
-        seed=seed,
+        model_opts=dict(exp.model_opts or {}),
+        seed=exp.seed,
         device=dev,
         augment=aug,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
+        cache_dir=exp.cache_dir,
+        use_cache=exp.use_cache,
         forget=forget if isinstance(forget, str) else f"indices[{task.forget_index.numel()}]",
         _config=config,
+        experiment=exp,
     )
+
+
+def _train_original(prepared: Prepared) -> None:
+    """Train the original model on the pool (or load it from the cache) and store it in ``prepared``."""
     trained = training.train_original(
         prepared.build_model,
-        task.pool,
-        recipe,
-        seed=seed,
-        config=config,
-        augment=aug,
+        prepared.task.pool,
+        prepared.recipe,
+        seed=prepared.seed,
+        config=prepared._config,
+        augment=prepared.augment,
         kind="original",
-        cache_dir=cache_dir,
-        use_cache=use_cache,
+        cache_dir=prepared.cache_dir,
+        use_cache=prepared.use_cache,
     )
     prepared.original = trained.model
     prepared.original_seconds = trained.seconds
     prepared.original_from_cache = trained.from_cache
-    return prepared

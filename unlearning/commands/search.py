@@ -141,6 +141,30 @@ def _check(args: argparse.Namespace) -> None:
             raise CLIError(f"argument --{flag}: must be a finite number >= 0, got {value}")
 
 
+def search_config(args: argparse.Namespace) -> Any:
+    """The `unlearning.worst_case.SearchConfig` of the flags: the one place they map onto the search's
+    options (``--lower-steps`` is ``inner_steps``, ``--binarize-every 0`` is None, ``--no-warm-start`` is
+    ``warm_start=False``)."""
+    from unlearning.worst_case import SearchConfig
+
+    return SearchConfig(
+        budget=args.budget,
+        hypergrad=args.hypergrad,
+        upper_steps=args.upper_steps,
+        inner_steps=args.lower_steps,
+        inner_lr=args.inner_lr,
+        upper_lr=args.upper_lr,
+        gamma=args.gamma,
+        binarize_every=args.binarize_every or None,
+        classwise=args.classwise,
+        reverse=args.reverse,
+        batch_size=args.batch_size,
+        proximal=args.proximal,
+        warm_start=not args.no_warm_start,
+        seed=args.seed,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -171,23 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = search(
-            prepared,
-            method,
-            budget=args.budget,
-            hypergrad=args.hypergrad,
-            upper_steps=args.upper_steps,
-            inner_steps=args.lower_steps,
-            inner_lr=args.inner_lr,
-            proximal=args.proximal,
-            warm_start=not args.no_warm_start,
-            upper_lr=args.upper_lr,
-            gamma=args.gamma,
-            binarize_every=args.binarize_every or None,
-            classwise=args.classwise,
-            reverse=args.reverse,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=None if progress_enabled() else False,
+            prepared, method, config=search_config(args), progress=None if progress_enabled() else False
         )
     except ValueError as err:
         raise CLIError(f"argument --method/--hp: {err}") from None
@@ -220,18 +228,7 @@ def compare(prepared: Any, method: Any, result: Any, seed: int) -> dict[str, Any
             seed=prepared.task.seed,
             augment=prepared.task.augment,
             batch_size=prepared.task.batch_size,
-        )
-        task = type(task)(
-            pool=task.pool.to(prepared.device),
-            forget_index=task.forget_index,
-            val=task.val.to(prepared.device),
-            test=task.test.to(prepared.device),
-            num_classes=task.num_classes,
-            augment=task.augment,
-            batch_size=task.batch_size,
-            seed=task.seed,
-            name=task.name,
-        )
+        ).to(prepared.device)
         torch.manual_seed(seed)
         unlearned = copy.deepcopy(method).unlearn(prepared.original, task)
         out[label] = {
@@ -374,12 +371,12 @@ def print_table(report: dict, out: Path) -> None:
 
 
 def plot(report: dict, path: Path) -> None:
-    import io
-
+    """The upper objective over the steps (with F at the final and the start set) and the overlap of each
+    step's top-m with the final set, as a PNG (`unlearning.report.save_figure`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from unlearning.io import write_atomic
+    from unlearning.report import save_figure
 
     h = report["history"]
     steps = [e["step"] for e in h]
@@ -402,7 +399,4 @@ def plot(report: dict, path: Path) -> None:
     b2 = b.twinx()
     b2.bar(steps, [e["changed"] for e in h], alpha=0.3, color="tab:orange")
     b2.set_ylabel("entries entering top-m", color="tab:orange")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path)
