@@ -38,6 +38,7 @@ A user's method plugs in: any object with a ``name`` and ``unlearn(model, task) 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -252,8 +253,8 @@ def _run_info(losses: list[float], **extra: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- methods
 @dataclass
 class Retrain(GenerationMethod):
-    """Train a new model on D_r with the original model's recipe (``task.train``), ``exclude_classes`` =
-    C_f; cached like the original when ``task.train`` names a cache folder."""
+    """Train a new model on D_r with the original model's recipe: ``task.train = (dataset, TrainConfig,
+    cache_dir)`` with ``exclude_classes`` = C_f (`train.load_or_train`, cached like the original)."""
 
     name: ClassVar[str] = "retrain"
 
@@ -265,10 +266,10 @@ class Retrain(GenerationMethod):
                 "retrain needs task.train = (dataset, TrainConfig, cache_dir): the original model's recipe"
             )
         dataset, config, cache_dir = task.train
-        out = training.load_or_train(
-            dataset, config, cache_dir=cache_dir, device=_device(model), exclude_classes=task.forget
-        )
-        return out, {"exclude_classes": list(task.forget)}
+        config = dataclasses.replace(config, exclude_classes=tuple(task.forget))
+        trained = training.load_or_train(dataset, config, cache_dir=cache_dir, device=_device(model))
+        info = {"exclude_classes": list(task.forget), "from_cache": trained.from_cache}
+        return trained.model, {**info, "train_seconds": trained.seconds}
 
 
 class Iterative(GenerationMethod):
