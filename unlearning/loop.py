@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -70,6 +71,14 @@ class SGDConfig:
             marks = self.milestones or (int(0.5 * epochs), int(0.75 * epochs))
             return 0.1 ** sum(epoch >= m for m in marks)
         return 1.0
+
+
+def ce_loss(model: nn.Module, batch: Any, epoch: int) -> Tensor:
+    """(1/|B|) Σ_{(x,y)∈B} −log softmax(f_θ(x))_y: the mean cross-entropy of ``model`` on a batch
+    ``(x, y, ...)`` (moved to the model's device), the ``loss`` of training, Retrain, FT and EU/CF-k."""
+    x, y = batch[0], batch[1]
+    dev = next(model.parameters()).device
+    return F.cross_entropy(model(x.to(dev)), y.to(dev))
 
 
 def progress_enabled() -> bool:

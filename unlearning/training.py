@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import cache
 from .data_types import ArrayData, Augment
-from .loop import SGDConfig, run_epochs
+from .loop import SGDConfig, ce_loss, run_epochs
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,6 @@ def default_recipe(dataset: str, model: str) -> Recipe:
     return _RECIPES[key]
 
 
-def cross_entropy_loss(model: nn.Module, batch, epoch: int) -> torch.Tensor:
-    """Mean cross-entropy of ``model`` on a batch ``(x, y, index)``."""
-    x, y = batch[0], batch[1]
-    return F.cross_entropy(model(x), y)
-
-
 def train(
     model: nn.Module,
     data: ArrayData,
@@ -113,7 +106,7 @@ def train(
         batches=lambda epoch: data.batches(
             recipe.batch_size, shuffle=True, generator=generator, augment=augment
         ),
-        loss=cross_entropy_loss,
+        loss=ce_loss,
         sgd=recipe.sgd(),
         description=description,
     )

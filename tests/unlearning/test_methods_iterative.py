@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from tests.unlearning.test_methods_helpers import state, tiny_model, tiny_task
-from unlearning.loop import SGDConfig, run_epochs
+from unlearning.loop import SGDConfig, ce_loss, run_epochs
 from unlearning.methods import FT, SCRUB, Iterative, Retrain, make
-from unlearning.methods.common import ce_loss
 from unlearning.saliency import Masked
 
 

@@ -93,14 +93,6 @@ class Iterative(Method):
         )
 
 
-def ce_loss(model: nn.Module, item: Any, epoch: int) -> Tensor:
-    """Mean cross-entropy of ``model`` on a batch ``(x, y, index)``: the ``loss`` FT, Retrain and EU/CF-k
-    give the loop."""
-    x, y = item[0], item[1]
-    dev = next(model.parameters()).device
-    return F.cross_entropy(model(x.to(dev)), y.to(dev))
-
-
 def per_sample_ce(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y.to(logits.device), reduction="none")
 

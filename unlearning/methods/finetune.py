@@ -8,8 +8,9 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from unlearning.data_types import Task
+from unlearning.loop import ce_loss
 from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, forward, lr_hp, retain_mean
-from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
+from unlearning.methods.common import Iterative, per_sample_ce
 
 _OFFSET = 201
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from bilevel.validate import Interval
 from unlearning.data_types import Task
+from unlearning.loop import ce_loss
 from unlearning.methods.base import (
     LowerContext,
     Params,
@@ -24,7 +25,7 @@ from unlearning.methods.base import (
     lr_hp,
     retain_mean,
 )
-from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
+from unlearning.methods.common import Iterative, per_sample_ce
 
 _OFFSET = 1001
 

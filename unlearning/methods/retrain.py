@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bilevel.validate import Options
 from unlearning.data_types import Task
-from unlearning.loop import SGDConfig
+from unlearning.loop import SGDConfig, ce_loss
 from unlearning.methods.base import (
     LowerContext,
     Params,
@@ -23,7 +23,7 @@ from unlearning.methods.base import (
     lr_hp,
     retain_mean,
 )
-from unlearning.methods.common import Iterative, ce_loss, per_sample_ce, reinitialize
+from unlearning.methods.common import Iterative, per_sample_ce, reinitialize
 
 _OFFSET = 101
 

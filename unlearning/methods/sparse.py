@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from bilevel.validate import Interval
 from unlearning.data_types import Task
+from unlearning.loop import ce_loss
 from unlearning.methods.base import LowerContext, Params, Run, epochs_hp, forward, hparam, lr_hp, retain_mean
-from unlearning.methods.common import Iterative, ce_loss, per_sample_ce
+from unlearning.methods.common import Iterative, per_sample_ce
 
 _OFFSET = 601
 
