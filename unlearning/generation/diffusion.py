@@ -23,10 +23,12 @@ _ALPHA_BARS: dict[str, Tensor] = {}
 
 
 def alphas_cumprod(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """ᾱ_t for t = 0..T−1 of the training schedule (cached per device)."""
+    """ᾱ_t = Π_{s≤t} (1 − β_s) for t = 0..T−1 of the training schedule, the product taken in float64
+    (cached per device and dtype)."""
     key = f"{device}|{dtype}"
     if key not in _ALPHA_BARS:
-        _ALPHA_BARS[key] = noise_scheduler().alphas_cumprod.to(device=device, dtype=dtype)
+        abar = torch.cumprod(1.0 - noise_scheduler().betas.double(), 0)
+        _ALPHA_BARS[key] = abar.to(device=device, dtype=dtype)
     return _ALPHA_BARS[key]
 
 
