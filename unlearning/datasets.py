@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .data_types import ArrayData
+from .io import jsonable
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -64,7 +65,7 @@ class Dataset:
         """A JSON-able description (used in cache keys and reports)."""
         return {
             "name": self.name,
-            "options": {k: _jsonable(v) for k, v in self.options},
+            "options": jsonable(dict(self.options)),
             "n_train": len(self.train),
             "n_test": len(self.test),
             "num_classes": self.num_classes,
@@ -332,9 +333,3 @@ def write_cifar10_archive(path: str | os.PathLike, train: list[ArrayData], test:
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     return path
-
-
-def _jsonable(v):
-    if isinstance(v, tuple):
-        return list(v)
-    return v

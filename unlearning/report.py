@@ -308,3 +308,106 @@ def stress_plots(report: dict[str, Any], out: str | os.PathLike) -> list[Path]:
     ax.legend()
     written.append(save_figure(fig, out / PLOTS[2]))
     return written
+
+
+# ------------------------------------------------------------------------------- unlearn and evaluate
+#: The metric columns of the ``unlearn`` and ``evaluate`` tables, in order (percent, then seconds).
+METRIC_CELLS = ("UA", "RA", "TA", "MIA", "seconds")
+
+
+def _unlearn_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any], float]]:
+    return [
+        ("Original", report["original"], report["avg_gap_original"]),
+        ("Retrain", report["retrain"], 0.0),
+        (report["method"]["name"], report["method"], report["avg_gap"]),
+    ]
+
+
+def unlearn_markdown(report: dict[str, Any]) -> str:
+    """A ``worstforget unlearn`` report (``metrics.json``) as a markdown table: Original, Retrain and the
+    method, with their Avg. Gap to Retrain, and the method's hyper-parameters."""
+    c = report["config"]
+    lines = [
+        f"# Unlearning: {c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']}, seed {c['seed']}",
+        "",
+        f"|D_f| = {c['sizes']['forget']}, |D_r| = {c['sizes']['retain']}, |D_test| = {c['sizes']['test']}. "
+        "Metrics in %; Avg. Gap = mean |Δ| to Retrain over UA, RA, TA, MIA.",
+        "",
+        "| model | UA | RA | TA | MIA | seconds | Avg. Gap |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, m, gap in _unlearn_rows(report):
+        lines.append(f"| {label} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_CELLS) + f" | {gap:.2f} |")
+    hp = ", ".join(f"{k}={v}" for k, v in c["hparams"].items())
+    lines += ["", f"Hyper-parameters: {hp or '(none)'}.", ""]
+    return "\n".join(lines)
+
+
+def unlearn_table(report: dict[str, Any], out: str | os.PathLike) -> None:
+    """The ``worstforget unlearn`` table in the terminal (rich), then the files written in ``out``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    c, out = report["config"], Path(out)
+    table = Table(
+        title=f"{c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']} (seed {c['seed']})"
+    )
+    for col in ("model", *METRIC_CELLS, "Avg. Gap"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, m, gap in _unlearn_rows(report):
+        table.add_row(label, *(f"{m[k]:.2f}" for k in METRIC_CELLS), f"{gap:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+
+
+#: The columns of the ``evaluate`` table.
+EVALUATE_HEADER = ("model", "UA", "RA", "TA", "MIA", "seconds", "Avg. Gap")
+
+
+def _evaluate_cells(row: dict[str, Any]) -> list[str]:
+    return [f"{row[k]:.2f}" for k in (*METRIC_CELLS, "avg_gap")]
+
+
+def _evaluate_title(report: dict[str, Any]) -> str:
+    c, found = report["config"], report.get("forget_set") or {}
+    origin = f" ({found['method']} worst case, {found['mode']})" if found.get("method") else ""
+    return (
+        f"{c['dataset']}/{c['model']}, forget {c['forget']}{origin}, |D_f| = {c['sizes']['forget']}, "
+        f"seed {c['seed']}"
+    )
+
+
+def evaluate_markdown(report: dict[str, Any]) -> str:
+    """A ``worstforget evaluate`` report (``evaluate.json``) as a markdown table, one row per model."""
+    lines = [
+        f"# Evaluation: {_evaluate_title(report)}",
+        "",
+        "Metrics in %; Avg. Gap = mean |method − Retrain| over UA, RA, TA, MIA; seconds = run time "
+        "(Retrain and Original: training time).",
+        "",
+        "| " + " | ".join(EVALUATE_HEADER) + " |",
+        "|---|" + "---:|" * (len(EVALUATE_HEADER) - 1),
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(_evaluate_cells(row)) + " |" for name, row in report["rows"].items()
+    ]
+    hps = report["config"]["hparams"]
+    lines += ["", "Hyper-parameters: " + ("; ".join(f"{n}: {hp}" for n, hp in hps.items()) or "(none)"), ""]
+    return "\n".join(lines)
+
+
+def evaluate_table(report: dict[str, Any], out: str | os.PathLike) -> None:
+    """The ``worstforget evaluate`` table in the terminal (rich), then the files written in ``out``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Path(out)
+    table = Table(title=_evaluate_title(report))
+    for col in EVALUATE_HEADER:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, row in report["rows"].items():
+        table.add_row(name, *_evaluate_cells(row))
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'evaluate.json'} and {out / 'evaluate.md'}")

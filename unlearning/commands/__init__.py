@@ -90,8 +90,12 @@ def check_experiment(args: Any) -> None:
 
 
 def check_at_least_one(args: Any, *flags: str) -> None:
-    """Each integer option in ``flags`` (attribute names) is None or >= 1, else a `CLIError` naming it."""
+    """Each integer option in ``flags`` (attribute names) is None or >= 1 (`bilevel.validate.Interval`), else
+    a `CLIError` naming it."""
+    from bilevel.validate import Interval  # imported on use: `import unlearning.commands` stays light
+
+    at_least_one = Interval(int, 1, allow_none=True)
     for flag in flags:
         value = getattr(args, flag)
-        if value is not None and value < 1:
+        if not at_least_one.check(value):
             raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")

@@ -132,10 +132,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from unlearning import splits
-    from unlearning.commands.unlearn import _jsonable, check_forget, prepare_from_args
+    from unlearning.commands.unlearn import check_forget, prepare_from_args
     from unlearning.evaluate import evaluate_methods
-    from unlearning.io import write_json, write_text
+    from unlearning.io import jsonable, write_json, write_text
     from unlearning.loop import progress_bar
+    from unlearning.report import evaluate_markdown, evaluate_table
 
     check_experiment(args)
     check_forget(args.forget)
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "device": str(prepared.device),
             "methods": result["methods"],
-            "hparams": {k: {f: _jsonable(v) for f, v in hp.items()} for k, hp in result["hparams"].items()},
+            "hparams": jsonable(result["hparams"]),
             "sizes": {"forget": len(task.forget_index), "retain": len(task.retain), "test": len(task.test)},
             "forget_class": task.forget_class,
             "data": splits.data_fingerprint(task.pool, dataset=prepared.dataset.name, split_seed=args.seed),
@@ -175,54 +176,6 @@ def run(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     write_json(out / "evaluate.json", report)
-    write_text(out / "evaluate.md", markdown(report))
-    print_table(report, out)
+    write_text(out / "evaluate.md", evaluate_markdown(report))
+    evaluate_table(report, out)
     return 0
-
-
-# ------------------------------------------------------------------------------------------------ report
-HEADER = ("model", "UA", "RA", "TA", "MIA", "seconds", "Avg. Gap")
-
-
-def _cells(row: dict) -> list[str]:
-    return [f"{row[k]:.2f}" for k in ("UA", "RA", "TA", "MIA", "seconds", "avg_gap")]
-
-
-def _title(report: dict) -> str:
-    c, found = report["config"], report.get("forget_set") or {}
-    origin = f" ({found['method']} worst case, {found['mode']})" if found.get("method") else ""
-    return (
-        f"{c['dataset']}/{c['model']}, forget {c['forget']}{origin}, |D_f| = {c['sizes']['forget']}, "
-        f"seed {c['seed']}"
-    )
-
-
-def markdown(report: dict) -> str:
-    """The report as a markdown table (the numbers of evaluate.json)."""
-    lines = [
-        f"# Evaluation: {_title(report)}",
-        "",
-        "Metrics in %; Avg. Gap = mean |method − Retrain| over UA, RA, TA, MIA; seconds = run time "
-        "(Retrain and Original: training time).",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|---|" + "---:|" * (len(HEADER) - 1),
-    ]
-    lines += [f"| {name} | " + " | ".join(_cells(row)) + " |" for name, row in report["rows"].items()]
-    hps = report["config"]["hparams"]
-    lines += ["", "Hyper-parameters: " + ("; ".join(f"{n}: {hp}" for n, hp in hps.items()) or "(none)"), ""]
-    return "\n".join(lines)
-
-
-def print_table(report: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=_title(report))
-    for col in HEADER:
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, row in report["rows"].items():
-        table.add_row(name, *_cells(row))
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {out / 'evaluate.json'} and {out / 'evaluate.md'}")

@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         return list_methods()
     from unlearning import metrics
-    from unlearning.io import write_json, write_text
+    from unlearning.io import jsonable, write_json, write_text
+    from unlearning.report import unlearn_markdown, unlearn_table
     from unlearning.training import default_recipe
 
     check_inputs(args)
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             "forget": args.forget,
             "seed": args.seed,
             "device": str(prepared.device),
-            "hparams": {k: _jsonable(v) for k, v in method.hparams().items()},
+            "hparams": jsonable(method.hparams()),
             "recipe": prepared.recipe.to_dict(),
             "sizes": {"forget": len(task.forget_index), "retain": len(task.retain), "test": len(task.test)},
             "forget_class": task.forget_class,
@@ -281,55 +282,9 @@ def run(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     write_json(out / "metrics.json", report)
-    write_text(out / "metrics.md", markdown(report))
-    print_table(report, out)
+    write_text(out / "metrics.md", unlearn_markdown(report))
+    unlearn_table(report, out)
     return 0
-
-
-def _rows(report: dict):
-    yield "Original", report["original"], report["avg_gap_original"]
-    yield "Retrain", report["retrain"], 0.0
-    yield report["method"]["name"], report["method"], report["avg_gap"]
-
-
-def markdown(report: dict) -> str:
-    """The report as a markdown table (the numbers of metrics.json)."""
-    c = report["config"]
-    lines = [
-        f"# Unlearning: {c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']}, seed {c['seed']}",
-        "",
-        f"|D_f| = {c['sizes']['forget']}, |D_r| = {c['sizes']['retain']}, |D_test| = {c['sizes']['test']}. "
-        "Metrics in %; Avg. Gap = mean |Δ| to Retrain over UA, RA, TA, MIA.",
-        "",
-        "| model | UA | RA | TA | MIA | seconds | Avg. Gap |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for label, m, gap in _rows(report):
-        lines.append(
-            f"| {label} | "
-            + " | ".join(f"{m[k]:.2f}" for k in ("UA", "RA", "TA", "MIA", "seconds"))
-            + f" | {gap:.2f} |"
-        )
-    hp = ", ".join(f"{k}={v}" for k, v in c["hparams"].items())
-    lines += ["", f"Hyper-parameters: {hp or '(none)'}.", ""]
-    return "\n".join(lines)
-
-
-def print_table(report: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    c = report["config"]
-    table = Table(
-        title=f"{c['method']} on {c['dataset']}/{c['model']}, forget {c['forget']} (seed {c['seed']})"
-    )
-    for col in ("model", "UA", "RA", "TA", "MIA", "seconds", "Avg. Gap"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for label, m, gap in _rows(report):
-        table.add_row(label, *(f"{m[k]:.2f}" for k in ("UA", "RA", "TA", "MIA", "seconds")), f"{gap:.2f}")
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
 
 
 def list_methods() -> int:
@@ -347,11 +302,3 @@ def list_methods() -> int:
             table.add_row(name if i == 0 else "", key, str(info["default"]), info["valid"], info["doc"])
     Console().print(table)
     return 0
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return list(v)
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return v
-    return str(v)
