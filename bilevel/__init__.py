@@ -1,6 +1,6 @@
 """bilevel: hypergradients for min_λ f(θ*(λ), λ) s.t. θ*(λ) = argmin_θ g(θ, λ), on torch.func.
 
-Solvers (one object each, one method ``hypergrad(problem, inner_init, outer, inner_data, outer_data)``):
+Solvers (`Solver` subclasses; one method ``hypergrad(problem, inner_init, outer, inner_data, outer_data)``):
 `Unrolled` (reverse mode through the inner trajectory; truncated; checkpointed), `Forward` (forward-mode
 unrolling, for few outer entries), `Implicit` (implicit function theorem with linear solvers `CG`, `Neumann`,
 `FixedPoint`, `Direct`) and `FirstOrder` (partial, DARTS-style identity, F2SA penalty). `minimize` runs the
@@ -15,7 +15,7 @@ from .check import HypergradCheck, check_hypergrad
 from .constraints import Box, CappedSimplex, top_k
 from .first_order import FirstOrder
 from .forward import Forward
-from .hypergrad import Hypergrad
+from .hypergrad import Hypergrad, Solver
 from .implicit import Implicit
 from .inner import solve_inner
 from .linear_solvers import CG, Direct, FixedPoint, IndefiniteHessianError, Neumann
@@ -27,6 +27,7 @@ from .unrolled import Unrolled
 
 __all__ = [
     "BilevelProblem",
+    "Solver",
     "Unrolled",
     "Implicit",
     "FirstOrder",

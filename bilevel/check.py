@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from . import tree
-from .hypergrad import Hypergrad, check_scalar
+from .hypergrad import Hypergrad, Solver, as_solver
 from .implicit import implicit_from_solution
 from .linear_solvers import Direct
 from .linearize import linearize
-from .problem import BilevelProblem, Data, DataStream
+from .problem import BilevelProblem, Data, DataStream, check_scalar
 from .tree import Params
 
 
@@ -97,7 +97,7 @@ def newton_inner(
 
 def check_hypergrad(
     problem: BilevelProblem,
-    solver: Any,
+    solver: Solver | None,
     inner_init: Params,
     outer: Params,
     inner_data: Data = None,
@@ -111,9 +111,14 @@ def check_hypergrad(
     seed: int = 0,
 ) -> HypergradCheck:
     """Compare ``solver.hypergrad(problem, inner_init, outer, ...)`` (or a given ``hypergrad``) with an exact
-    implicit solve and with central finite differences of F; see the module docstring."""
+    implicit solve and with central finite differences of F; see the module docstring. ``solver`` is a
+    `bilevel.Solver`, or None when ``hypergrad`` is given."""
     if hypergrad is None:
-        hypergrad = solver.hypergrad(problem, inner_init, outer, inner_data=inner_data, outer_data=outer_data)
+        hypergrad = as_solver(solver).hypergrad(
+            problem, inner_init, outer, inner_data=inner_data, outer_data=outer_data
+        )
+    elif solver is not None:
+        as_solver(solver)
     inner_batch = DataStream(inner_data, "inner_data")(0)
     outer_batch = DataStream(outer_data, "outer_data")(0)
     lam = tree.detach(outer)

@@ -11,17 +11,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
 from . import tree
-from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
-from .inner import inner_diagnostics, run_inner
+from .hypergrad import Call, Solver, Step, is_optimizer
+from .inner import run_inner
 from .linearize import linearize, outer_partials
-from .problem import BilevelProblem, Data, DataStream
+from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params, check_finite
+from .validate import positive_int
 
 MODES = ("partial", "identity", "f2sa")
 
@@ -46,7 +46,7 @@ class _ScaledOuter:
         return g + self.problem.outer_loss(inner, outer, self.outer_batch) / self.sigma
 
 
-class FirstOrder:
+class FirstOrder(Solver):
     """First-order hypergradients (see module docstring for the three modes).
 
     Parameters
@@ -74,7 +74,7 @@ class FirstOrder:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.steps = positive_int(steps, "steps", allow_zero=True)
-        if (steps > 0 or mode == "f2sa") and not (hasattr(optimizer, "init") and hasattr(optimizer, "step")):
+        if (steps > 0 or mode == "f2sa") and not is_optimizer(optimizer):
             raise TypeError(
                 "optimizer must be a bilevel.optim optimizer (e.g. optim.SGD(lr=0.1)) "
                 "when steps > 0 or mode='f2sa'"
@@ -101,23 +101,11 @@ class FirstOrder:
     def __repr__(self) -> str:
         return f"FirstOrder(mode={self.mode!r}, steps={self.steps}, optimizer={self.optimizer!r})"
 
-    def hypergrad(
-        self,
-        problem: BilevelProblem,
-        inner_init: Params,
-        outer: Params,
-        inner_data: Data = None,
-        outer_data: Data = None,
-    ) -> Hypergrad:
-        start = time.perf_counter()
-        validate_call(problem, inner_init, outer)
-        stream = DataStream(inner_data, "inner_data")
-        outer_batch = DataStream(outer_data, "outer_data")(0)
-        lam = tree.detach(outer)
-        theta = tree.detach(inner_init)
-        if self.steps:
-            theta, _ = run_inner(problem, self.optimizer, theta, lam, stream, start=0, stop=self.steps)
-        check_finite(theta, f"the inner solution after {self.steps} steps")
+    def _step(self, call: Call) -> Step:
+        """θ from ``steps`` inner steps, then the mode's estimate of ∇F there (see the module docstring)."""
+        problem, stream = call.problem, call.inner_data
+        outer_batch = call.outer_data(0)
+        theta, lam = self._inner_solution(call)
         batch = stream(self.steps)
         d_theta, d_lam, f_value = outer_partials(
             problem, theta, lam, outer_batch, theta_too=self.mode == "identity"
@@ -133,10 +121,15 @@ class FirstOrder:
         else:
             grad, extra = self._f2sa(problem, theta, lam, stream, batch, outer_batch)
             info.update(extra)
-        check_finite(grad, "the first-order hypergradient")
-        info.update(inner_diagnostics(problem, theta, lam, batch))
-        info.update(seconds=time.perf_counter() - start, outer_loss=float(f_value))
-        return Hypergrad(grad=tree.detach(grad), inner=tree.detach(theta), info=info)
+        return Step(
+            grad=grad,
+            inner=theta,
+            outer_loss=f_value,
+            outer=lam,
+            batch=batch,
+            checks=((grad, "the first-order hypergradient"),),
+            info=info,
+        )
 
     def _mixed(self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params) -> Params:
         """∇²_λθ g · v, by central differences (DARTS) or exactly."""

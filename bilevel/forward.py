@@ -14,21 +14,21 @@ a weight-decay schedule, a handful of regularisation strengths) and T is long. T
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import tree
-from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
-from .inner import inner_diagnostics
-from .problem import BilevelProblem, Data, DataStream
-from .tree import Params, check_finite
+from .hypergrad import Call, Solver, Step, is_optimizer
+from .problem import check_scalar
+from .tree import Params
 from .unrolled import optimizer_for
+from .validate import positive_int
 
 
-class Forward:
+class Forward(Solver):
     """Forward-mode unrolled hypergradient; see the module docstring.
 
     Parameters
@@ -44,7 +44,7 @@ class Forward:
     """
 
     def __init__(self, optimizer: Any, steps: int, max_directions: int = 256) -> None:
-        if not ((hasattr(optimizer, "init") and hasattr(optimizer, "step")) or callable(optimizer)):
+        if not (is_optimizer(optimizer) or callable(optimizer)):
             raise TypeError(
                 "optimizer must be a bilevel.optim optimizer, e.g. optim.SGD(lr=0.1), or a factory "
                 "outer -> optimizer"
@@ -53,38 +53,63 @@ class Forward:
         self.steps = positive_int(steps, "steps")
         self.max_directions = positive_int(max_directions, "max_directions")
 
-    @property
-    def batches_per_call(self) -> int:
-        return self.steps + 1
-
     def __repr__(self) -> str:
         return f"Forward(optimizer={self.optimizer!r}, steps={self.steps})"
 
-    def hypergrad(
-        self,
-        problem: BilevelProblem,
-        inner_init: Params,
-        outer: Params,
-        inner_data: Data = None,
-        outer_data: Data = None,
-    ) -> Hypergrad:
-        start = time.perf_counter()
-        validate_call(problem, inner_init, outer)
+    def _check_call(self, inner_init: Params, outer: Params) -> None:
         n_dir = tree.numel(outer)
         if n_dir > self.max_directions:
             raise ValueError(
                 f"outer has {n_dir} entries: forward mode needs one pass per entry (max_directions="
                 f"{self.max_directions}); use Unrolled or Implicit for large outer variables"
             )
-        stream = DataStream(inner_data, "inner_data")
-        batches = [stream(t) for t in range(self.steps + 1)]
-        outer_batch = DataStream(outer_data, "outer_data")(0)
+
+    def _step(self, call: Call) -> Step:
+        """One ``torch.func.jvp`` of λ ↦ f(θ_T(λ), λ) per outer entry e_j: ∂F/∂λ_j."""
+        batches = [call.inner_data(t) for t in range(self.steps + 1)]
+        objective, last = self._objective(call, batches, call.outer_data(0))
+        lam0 = tree.detach(call.outer)
+        flat = tree.flatten(lam0)
+        grads = torch.zeros_like(flat)
+        f_value = None
+        for j in range(flat.numel()):
+            e = torch.zeros_like(flat)
+            e[j] = 1.0
+            f_value, dj = torch.func.jvp(objective, (lam0,), (tree.unflatten(e, lam0),))
+            grads[j] = dj
+        grad = tree.unflatten(grads, lam0)
+        theta_T = tree.detach(last["theta"])
+        return Step(
+            grad=grad,
+            inner=theta_T,
+            outer_loss=f_value,
+            outer=lam0,
+            batch=batches[self.steps],
+            checks=(
+                (f_value, "outer_loss after the forward-mode inner loop"),
+                (theta_T, f"the inner iterate after {self.steps} steps"),
+                (grad, "the forward-mode hypergradient"),
+            ),
+            # one Hessian-vector product per step and direction
+            info={
+                "hvp_count": self.steps * flat.numel(),
+                "directions": flat.numel(),
+                "inner_steps": self.steps,
+            },
+        )
+
+    def _objective(
+        self, call: Call, batches: list[Any], outer_batch: Any
+    ) -> tuple[Callable[[Params], Tensor], dict[str, Params]]:
+        """λ ↦ f(θ_T(λ), λ) through T optimizer steps on g, and the dict where it leaves θ_T. ``inner_init``
+        entries that *are* outer tensors start at λ's entry; optimizer hyper-parameters that are outer tensors
+        are λ's (`optimizer_for`)."""
+        problem, outer, inner_init = call.problem, call.outer, call.inner_init
         keys = list(outer)
         init_from = {k: next((o for o in keys if inner_init[k] is outer[o]), None) for k in inner_init}
         ids = {id(outer[k]): k for k in keys}
-        lam0 = tree.detach(outer)
         theta_init = tree.detach(inner_init)
-        value: dict[str, Tensor] = {}
+        last: dict[str, Params] = {}
 
         def objective(lam: Params) -> Tensor:
             opt = optimizer_for(self.optimizer, lam, {i: lam[k] for i, k in ids.items()})
@@ -97,28 +122,7 @@ class Forward:
                     return check_scalar(problem.inner_loss(th, lam, b), "inner_loss")
 
                 theta, state = opt.step(theta, torch.func.grad(g)(theta), state)
-            value["theta"] = theta
+            last["theta"] = theta
             return check_scalar(problem.outer_loss(theta, lam, outer_batch), "outer_loss")
 
-        flat = tree.flatten(lam0)
-        grads = torch.zeros_like(flat)
-        f_value = None
-        for j in range(n_dir):
-            e = torch.zeros_like(flat)
-            e[j] = 1.0
-            f_value, dj = torch.func.jvp(objective, (lam0,), (tree.unflatten(e, lam0),))
-            grads[j] = dj
-        grad = tree.unflatten(grads, lam0)
-        theta_T = {k: v.detach() for k, v in value["theta"].items()}
-        check_finite(f_value, "outer_loss after the forward-mode inner loop")
-        check_finite(theta_T, f"the inner iterate after {self.steps} steps")
-        check_finite(grad, "the forward-mode hypergradient")
-        info = {
-            "seconds": time.perf_counter() - start,
-            "outer_loss": float(f_value),
-            **inner_diagnostics(problem, theta_T, lam0, batches[self.steps]),
-            "hvp_count": self.steps * n_dir,  # one Hessian-vector product per step and direction
-            "directions": n_dir,
-            "inner_steps": self.steps,
-        }
-        return Hypergrad(grad=grad, inner=theta_T, info=info)
+        return objective, last

@@ -8,21 +8,20 @@ products only (`CG`, `Neumann`, `FixedPoint`) or a dense solve (`Direct`).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from . import tree
-from .hypergrad import Hypergrad, positive_int, validate_call
-from .inner import run_inner
+from .hypergrad import Call, Hypergrad, Solver, Step, is_optimizer
 from .linear_solvers import CG, Direct, FixedPoint, Neumann
 from .linearize import linearize, outer_partials
-from .problem import BilevelProblem, Data, DataStream
+from .problem import BilevelProblem
 from .tree import Params, check_finite
+from .validate import positive_int
 
 LinearSolver = CG | Neumann | FixedPoint | Direct
 
 
-class Implicit:
+class Implicit(Solver):
     """Implicit-function-theorem hypergradient.
 
     Parameters
@@ -55,18 +54,13 @@ class Implicit:
             raise TypeError("linear_solver must be CG(...), Neumann(...), FixedPoint(...) or Direct(...)")
         if hvp not in ("reverse", "forward"):
             raise ValueError(f"hvp must be 'reverse' or 'forward', got {hvp!r}")
-        if steps > 0 and not hasattr(optimizer, "step"):
+        if steps > 0 and not is_optimizer(optimizer):
             raise TypeError(
                 "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1)"
             )
         self.warm_start = warm_start
         self.hvp = hvp
         self._previous_v: Params | None = None
-
-    @property
-    def batches_per_call(self) -> int:
-        """Inner batches one `hypergrad` call consumes (steps 0 .. ``steps`` of ``inner_data``)."""
-        return self.steps + 1
 
     def reset(self) -> None:
         """Forget the warm-start solution."""
@@ -79,36 +73,40 @@ class Implicit:
             f"warm_start={self.warm_start}, hvp={self.hvp!r})"
         )
 
-    def hypergrad(
-        self,
-        problem: BilevelProblem,
-        inner_init: Params,
-        outer: Params,
-        inner_data: Data = None,
-        outer_data: Data = None,
-    ) -> Hypergrad:
-        start = time.perf_counter()
-        validate_call(problem, inner_init, outer)
-        inner_stream = DataStream(inner_data, "inner_data")
-        outer_stream = DataStream(outer_data, "outer_data")
-        lam = tree.detach(outer)
-        theta = tree.detach(inner_init)
-        if self.steps:
-            theta, _ = run_inner(problem, self.optimizer, theta, lam, inner_stream, start=0, stop=self.steps)
-        check_finite(theta, f"the inner solution after {self.steps} steps")
-        return implicit_from_solution(
-            problem,
-            theta,
-            lam,
-            inner_batch=inner_stream(self.steps),
-            outer_batch=outer_stream(0),
-            linear_solver=self.linear_solver,
-            hvp=self.hvp,
-            x0=self._warm(theta),
-            remember=self._remember if self.warm_start else None,
-            started=start,
-            extra={"inner_steps": self.steps},
-        )
+    def _step(self, call: Call) -> Step:
+        """θ from ``steps`` inner steps; then at (θ, λ) solve ∇²_θθ g · v = ∂_θ f by the linear solver (from
+        the previous call's v when warm-starting) and return ∇F = ∂_λ f − ∇²_λθ g · v."""
+        problem = call.problem
+        theta, lam = self._inner_solution(call)
+        inner_batch = call.inner_data(self.steps)
+        outer_batch = call.outer_data(0)
+        x0 = self._warm(theta)
+        d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
+        check_finite(f_value, "outer_loss at the inner solution")
+        check_finite(d_theta, "∂f/∂θ at the inner solution")
+        check_finite(d_lam, "∂f/∂λ at the inner solution")
+        lin = linearize(problem, theta, lam, inner_batch, hvp=self.hvp)
+        check_finite(lin.inner_grad, "∇_θ g at the inner solution")
+        v, stats = self.linear_solver.solve(lin.hvp, d_theta, x0)
+        name = type(self.linear_solver).__name__
+        check_finite(v, f"the solution of the linear system H v = ∂f/∂θ ({name})")
+        if self.warm_start:
+            self._previous_v = tree.detach(v)
+        grad = tree.sub(d_lam, lin.mixed(v))
+        check_finite(grad, "the hypergradient")
+        info: dict[str, Any] = {
+            "inner_steps": self.steps,
+            "residual": stats.get("residual"),
+            "iterations": stats.get("iterations"),
+            "hvp_count": lin.counter["hvp"],
+            "linear_solver": name,
+            "warm_started": bool(stats.get("warm_started", False)),
+        }
+        for key in ("indefinite", "alpha"):
+            if key in stats:
+                info[key] = stats[key]
+        diagnostics = {"inner_loss": float(lin.inner_value), "inner_grad_norm": lin.inner_grad_norm}
+        return Step(grad=grad, inner=theta, outer_loss=f_value, outer=lam, diagnostics=diagnostics, info=info)
 
     def _warm(self, like: Params) -> Params | None:
         v = self._previous_v
@@ -121,9 +119,6 @@ class Implicit:
             return None
         return v
 
-    def _remember(self, v: Params) -> None:
-        self._previous_v = tree.detach(v)
-
 
 def implicit_from_solution(
     problem: BilevelProblem,
@@ -134,38 +129,8 @@ def implicit_from_solution(
     outer_batch: Any,
     linear_solver: LinearSolver,
     hvp: str = "reverse",
-    x0: Params | None = None,
-    remember: Any = None,
-    started: float | None = None,
-    extra: dict[str, Any] | None = None,
 ) -> Hypergrad:
-    """The IFT hypergradient at a given inner point θ (no inner iterations). Used by `Implicit` and checks."""
-    start = time.perf_counter() if started is None else started
-    d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
-    check_finite(f_value, "outer_loss at the inner solution")
-    check_finite(d_theta, "∂f/∂θ at the inner solution")
-    check_finite(d_lam, "∂f/∂λ at the inner solution")
-    lin = linearize(problem, theta, lam, inner_batch, hvp=hvp)
-    check_finite(lin.inner_grad, "∇_θ g at the inner solution")
-    v, stats = linear_solver.solve(lin.hvp, d_theta, x0)
-    check_finite(v, f"the solution of the linear system H v = ∂f/∂θ ({type(linear_solver).__name__})")
-    if remember is not None:
-        remember(v)
-    grad = tree.sub(d_lam, lin.mixed(v))
-    check_finite(grad, "the hypergradient")
-    info: dict[str, Any] = dict(extra or {})
-    info.update(
-        seconds=time.perf_counter() - start,
-        outer_loss=float(f_value),
-        inner_loss=float(lin.inner_value),
-        inner_grad_norm=lin.inner_grad_norm,
-        residual=stats.get("residual"),
-        iterations=stats.get("iterations"),
-        hvp_count=lin.counter["hvp"],
-        linear_solver=type(linear_solver).__name__,
-        warm_started=bool(stats.get("warm_started", False)),
-    )
-    for key in ("indefinite", "alpha"):
-        if key in stats:
-            info[key] = stats[key]
-    return Hypergrad(grad=tree.detach(grad), inner=tree.detach(theta), info=info)
+    """The IFT hypergradient at a given inner point θ: `Implicit` with ``steps=0`` and no warm start, on the
+    batches ``inner_batch`` and ``outer_batch`` (`check_hypergrad` and `profile` use it for references)."""
+    solver = Implicit(None, 0, linear_solver, warm_start=False, hvp=hvp)
+    return solver.hypergrad(problem, theta, lam, inner_data=[inner_batch], outer_data=[outer_batch])

@@ -14,9 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .hypergrad import check_scalar
 from .modules import recording_buffers
-from .problem import BilevelProblem, DataStream
+from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params, check_finite, norm
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import tree
 from .tree import Params
+from .validate import nonnegative, positive_int
 
 HVP = Callable[[Params], Params]
 
@@ -28,13 +29,6 @@ class IndefiniteHessianError(ArithmeticError):
 def _relative_residual(hvp: HVP, x: Params, b: Params, b_norm: float) -> float:
     r = tree.sub(b, hvp(x))
     return float(tree.norm(r)) / max(b_norm, 1e-300)
-
-
-def _check_common(max_iter: int, tol: float) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +48,9 @@ class CG:
     on_indefinite: str = "raise"
 
     def __post_init__(self) -> None:
-        _check_common(self.max_iter, self.tol)
-        if not (self.damping >= 0 and math.isfinite(self.damping)):
-            raise ValueError(f"damping must be a finite number >= 0, got {self.damping!r}")
+        positive_int(self.max_iter, "max_iter")
+        nonnegative(self.tol, "tol")
+        nonnegative(self.damping, "damping")
         if self.on_indefinite not in ("raise", "warn"):
             raise ValueError(f"on_indefinite must be 'raise' or 'warn', got {self.on_indefinite!r}")
 
@@ -132,6 +126,15 @@ def _power_alpha(hvp: HVP, b: Params, iters: int = 20) -> tuple[float, int]:
     return (1.0 / (1.05 * lam) if lam > 0 else 1.0), iters
 
 
+def _alpha_and_stats(alpha: float | None, hvp: HVP, b: Params) -> tuple[float, dict[str, Any]]:
+    """(α, stats): the given α, or α = 1/λ_max by `_power_alpha`, whose HVPs start ``stats["hvp_count"]``."""
+    stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
+    if alpha is None:
+        alpha, stats["hvp_count"] = _power_alpha(hvp, b)
+    stats["alpha"] = alpha
+    return alpha, stats
+
+
 @dataclass(frozen=True)
 class Neumann:
     """Truncated Neumann series: v_K = α Σ_{k=0}^{K} (I − αH)^k b  (Lorraine et al. 2020).
@@ -147,16 +150,13 @@ class Neumann:
     check_every: int = 10
 
     def __post_init__(self) -> None:
-        _check_common(self.max_iter, self.tol)
+        positive_int(self.max_iter, "max_iter")
+        nonnegative(self.tol, "tol")
+        positive_int(self.check_every, "check_every")
         _check_alpha(self.alpha)
 
     def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
-        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
-        alpha = self.alpha
-        if alpha is None:
-            alpha, n = _power_alpha(hvp, b)
-            stats["hvp_count"] += n
-        stats["alpha"] = alpha
+        alpha, stats = _alpha_and_stats(self.alpha, hvp, b)
         b_norm = float(tree.norm(b))
         term = dict(b)  # (I − αH)^k b
         total = dict(b)
@@ -192,16 +192,12 @@ class FixedPoint:
     tol: float = 1e-10
 
     def __post_init__(self) -> None:
-        _check_common(self.max_iter, self.tol)
+        positive_int(self.max_iter, "max_iter")
+        nonnegative(self.tol, "tol")
         _check_alpha(self.alpha)
 
     def solve(self, hvp: HVP, b: Params, x0: Params | None = None) -> tuple[Params, dict[str, Any]]:
-        stats: dict[str, Any] = {"iterations": 0, "hvp_count": 0}
-        alpha = self.alpha
-        if alpha is None:
-            alpha, n = _power_alpha(hvp, b)
-            stats["hvp_count"] += n
-        stats["alpha"] = alpha
+        alpha, stats = _alpha_and_stats(self.alpha, hvp, b)
         b_norm = max(float(tree.norm(b)), 1e-300)
         x = tree.zeros_like(b) if x0 is None else x0
         r = dict(b) if x0 is None else tree.sub(b, hvp(x))

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .hypergrad import check_scalar
-from .problem import BilevelProblem
+from .problem import BilevelProblem, check_scalar
 from .tree import Params, norm
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from . import tree
-from .hypergrad import Hypergrad, positive_int
+from .hypergrad import Hypergrad, Solver, as_solver
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, as_params
+from .validate import positive_int
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _project(constraint: Any, outer: Params) -> Params:
 
 def minimize(
     problem: BilevelProblem,
-    solver: Any,
+    solver: Solver,
     outer_init: Params,
     optimizer: Any,
     steps: int,
@@ -69,7 +70,7 @@ def minimize(
     ``constraint``: ``None``, one constraint (``Box``, ``CappedSimplex``; needs a single outer entry) or a
     dict ``{outer name: constraint}``; applied after every step and once to ``outer_init``.
     ``callback(step, outer, hypergrad)`` runs after each step; returning True stops early.
-    Inner data streams continue across outer steps (each outer step consumes ``solver.steps + 1`` batches);
+    Inner data streams continue across outer steps (each outer step consumes ``solver.batches_per_call``);
     outer data gives one batch per outer step.
     ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
     last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
@@ -78,14 +79,11 @@ def minimize(
     positive_int(steps, "steps")
     as_params(outer_init, "outer_init")
     as_params(inner_init, "inner_init")
-    if not hasattr(solver, "hypergrad"):
-        raise TypeError(
-            "solver must be a hypergradient solver: Unrolled(...), Implicit(...) or FirstOrder(...)"
-        )
+    as_solver(solver)
     inner_stream = DataStream(inner_data, "inner_data")
     outer_stream = DataStream(outer_data, "outer_data")
-    per_step = getattr(solver, "batches_per_call", getattr(solver, "steps", 0) + 1)
-    if reset_solver and hasattr(solver, "reset"):  # a new run: no warm start carried over from an earlier one
+    per_step = solver.batches_per_call
+    if reset_solver:  # a new run: no warm start carried over from an earlier one
         solver.reset()
     outer = _project(constraint, tree.detach(outer_init))
     state = optimizer.init(outer)

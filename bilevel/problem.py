@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
-Params = dict[str, Tensor]
+from .tree import Params
+
 Loss = Callable[[Params, Params, Any], Tensor]
 # What a solver accepts as data: None (loss gets batch=None), an iterable of batches,
 # or a callable step -> batch.
@@ -32,6 +33,14 @@ class BilevelProblem:
         for name in ("inner_loss", "outer_loss"):
             if not callable(getattr(self, name)):
                 raise TypeError(f"{name} must be callable as {name}(inner, outer, batch) -> scalar tensor")
+
+
+def check_scalar(value: Tensor, name: str) -> Tensor:
+    """A loss must return a real scalar tensor: ``value`` reshaped to ``()``, else a ``ValueError``."""
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must return a scalar tensor, got {shape}")
+    return value.reshape(())
 
 
 class DataStream:

@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import tree
-from .hypergrad import Hypergrad, check_scalar, positive_int, validate_call
+from .hypergrad import Call, Solver, Step, is_optimizer
 from .inner import (
     detach_tree,
-    inner_diagnostics,
     replace_tensor_leaves,
     rng_restored,
     rng_state,
     run_inner,
     tensor_leaves,
 )
-from .problem import BilevelProblem, Data, DataStream
-from .tree import Params, check_finite
+from .problem import BilevelProblem, DataStream, check_scalar
+from .tree import Params
+from .validate import positive_int
 
 
 class _Replay:
@@ -79,9 +78,9 @@ def optimizer_for(optimizer: Any, lam: Params, id2lam: dict[int, Tensor]) -> Any
     """The inner optimizer of one call, its hyper-parameters on ``lam`` where they are outer entries: a
     factory is called with ``lam``; a (dataclass) optimizer whose hyper-parameter *is* one of the caller's
     outer tensors (``id2lam`` maps their ids) gets ``lam``'s version of that tensor."""
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "step")):
+    if not is_optimizer(optimizer):
         built = optimizer(lam)
-        if not (hasattr(built, "init") and hasattr(built, "step")):
+        if not is_optimizer(built):
             raise TypeError("the optimizer factory must return a bilevel.optim optimizer")
         return built
     if not dataclasses.is_dataclass(optimizer):
@@ -95,7 +94,7 @@ def optimizer_for(optimizer: Any, lam: Params, id2lam: dict[int, Tensor]) -> Any
     return dataclasses.replace(optimizer, **changes) if changes else optimizer
 
 
-class Unrolled:
+class Unrolled(Solver):
     """Unrolled (iterative) differentiation.
 
     Parameters
@@ -120,7 +119,7 @@ class Unrolled:
         checkpoint: bool = False,
         segment: int | None = None,
     ) -> None:
-        if not ((hasattr(optimizer, "init") and hasattr(optimizer, "step")) or callable(optimizer)):
+        if not (is_optimizer(optimizer) or callable(optimizer)):
             raise TypeError(
                 "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1), "
                 "or a factory outer -> optimizer, e.g. lambda outer: optim.SGD(lr=outer['lr'])"
@@ -135,88 +134,61 @@ class Unrolled:
             positive_int(segment, "segment")
         self.segment = segment
 
-    @property
-    def batches_per_call(self) -> int:
-        """Inner batches one `hypergrad` call consumes (steps 0 .. T of ``inner_data``)."""
-        return self.steps + 1
-
     def __repr__(self) -> str:
         return (
             f"Unrolled(optimizer={self.optimizer!r}, steps={self.steps}, truncate={self.truncate}, "
             f"checkpoint={self.checkpoint})"
         )
 
-    def hypergrad(
-        self,
-        problem: BilevelProblem,
-        inner_init: Params,
-        outer: Params,
-        inner_data: Data = None,
-        outer_data: Data = None,
-    ) -> Hypergrad:
-        start = time.perf_counter()
-        validate_call(problem, inner_init, outer)
-        stream = DataStream(inner_data, "inner_data")
-        outer_batch = DataStream(outer_data, "outer_data")(0)
+    def _step(self, call: Call) -> Step:
+        """Run T − K detached steps, then differentiate f(θ_T, λ) through the last K (see the module
+        docstring), fully or by checkpointed segments."""
+        problem, stream = call.problem, call.inner_data
+        outer_batch = call.outer_data(0)
         T = self.steps
         K = T if self.truncate is None else min(self.truncate, T)
         lam = {
             k: (v if v.is_leaf and v.requires_grad else v.detach().requires_grad_(True))
-            for k, v in outer.items()
+            for k, v in call.outer.items()
         }
         # The caller's outer tensors may also be the initialisation (MAML) or an optimizer hyper-parameter
         # (a learned learning rate): those uses must see the graph copies in `lam`.
-        id2lam = {id(outer[k]): lam[k] for k in outer}
+        id2lam = {id(call.outer[k]): lam[k] for k in call.outer}
         theta0 = {
-            k: id2lam.get(id(v), v if v.grad_fn is not None else v.detach()) for k, v in inner_init.items()
+            k: id2lam.get(id(v), v if v.grad_fn is not None else v.detach())
+            for k, v in call.inner_init.items()
         }
         opt = optimizer_for(self.optimizer, lam, id2lam)
 
         theta, state = (theta0, None)
         if K < T:  # the first T − K steps are not differentiated
             theta, state = run_inner(problem, opt, tree.detach(theta0), lam, stream, start=0, stop=T - K)
+        info: dict[str, Any] = {"hvp_count": K, "inner_steps": T, "differentiated_steps": K}
+        # (the backward pass through K steps costs about K Hessian-vector products)
         if self.checkpoint:
-            grad, theta_T, f_value, n_ckpt = self._checkpointed(
+            grad, theta_T, f_value, info["checkpoints"] = self._checkpointed(
                 problem, opt, theta, state, lam, _Replay(stream), T - K, T, outer_batch, propagate_init=K == T
             )
         else:
-            with torch.enable_grad():
-                theta_T, _ = run_inner(
-                    problem,
-                    opt,
-                    theta,
-                    lam,
-                    stream,
-                    start=T - K,
-                    stop=T,
-                    state=state,
-                    create_graph=True,
-                )
-                f = check_scalar(problem.outer_loss(theta_T, lam, outer_batch), "outer_loss")
-                if f.requires_grad:
-                    got = torch.autograd.grad(f, list(lam.values()), allow_unused=True)
-                else:  # f depends on neither θ nor λ
-                    got = (None,) * len(lam)
-            grad = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(lam.items(), got)}
-            f_value, n_ckpt = f.detach(), None
-        check_finite(f_value, "outer_loss after the unrolled inner loop")
-        check_finite(grad, "the unrolled hypergradient")
-        theta_T = tree.detach(theta_T)
-        check_finite(theta_T, f"the inner iterate after {T} steps")
-        # The diagnostics cost one more inner gradient (about 2% of the T = 20 MLP unroll of the benchmarks),
-        # computed now on purpose: deferring it would move its random draws (dropout) after the caller's next
-        # ones and let later changes to the loss's closures alter it.
-        info = {
-            "seconds": time.perf_counter() - start,
-            "outer_loss": float(f_value),
-            **inner_diagnostics(problem, theta_T, lam, stream(T)),
-            "hvp_count": K,  # the backward pass through K steps costs about K Hessian-vector products
-            "inner_steps": T,
-            "differentiated_steps": K,
-        }
-        if n_ckpt is not None:
-            info["checkpoints"] = n_ckpt
-        return Hypergrad(grad=tree.detach(grad), inner=theta_T, info=info)
+            grad, theta_T, f_value = _full_unroll(
+                problem, opt, theta, state, lam, stream, T - K, T, outer_batch
+            )
+        # The diagnostics at stream(T) cost one more inner gradient (about 2% of the T = 20 MLP unroll of the
+        # benchmarks), computed in this call on purpose: deferring it would move its random draws (dropout)
+        # after the caller's next ones and let later changes to the loss's closures alter it.
+        return Step(
+            grad=grad,
+            inner=theta_T,
+            outer_loss=f_value,
+            outer=lam,
+            batch=stream(T),
+            checks=(
+                (f_value, "outer_loss after the unrolled inner loop"),
+                (grad, "the unrolled hypergradient"),
+                (tree.detach(theta_T), f"the inner iterate after {T} steps"),
+            ),
+            info=info,
+        )
 
     def _checkpointed(
         self,
@@ -231,79 +203,155 @@ class Unrolled:
         outer_batch: Any,
         propagate_init: bool,
     ) -> tuple[Params, Params, Tensor, int]:
+        """Checkpointed reverse mode over steps ``first .. last − 1``: (∇F, θ_T, f, number of checkpoints).
+
+        Forward: keep (θ_a, s_a, RNG state) at every segment start a. Backward, segment by segment from the
+        last: replay it on the graph from its checkpoint and pull the adjoints (a_θ, a_s) back through it,
+        adding its λ-contribution to ∇F; then, with ``propagate_init``, the adjoint of θ_0 through θ_0(λ).
+        """
         seg = self.segment or max(1, math.ceil(math.sqrt(last - first)))
         bounds = list(range(first, last, seg)) + [last]
-        lam_d = tree.detach(lam)
-        theta_in = theta
+        segments = list(zip(bounds[:-1], bounds[1:]))
         if state is None:
             state = opt.init(tree.detach(theta))
-        ckpts = []
-        th, st = tree.detach(theta), detach_tree(state)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            ckpts.append((th, st, rng_state()))
-            th, st = run_inner(problem, opt, th, lam_d, stream, start=a, stop=b, state=st)
-        theta_T = th
+        ckpts, theta_T = _forward_checkpoints(problem, opt, theta, state, tree.detach(lam), stream, segments)
+        adj = _Adjoint.at_outer_loss(problem, theta_T, lam, outer_batch)
+        for (a, b), ckpt in zip(reversed(segments), reversed(ckpts)):
+            adj.back_through_segment(problem, opt, lam, stream, a, b, ckpt)
+        if propagate_init:  # θ_0 may itself depend on λ (MAML-style initialisation)
+            adj.back_through_init(theta, lam)
+        return dict(zip(lam.keys(), adj.grad)), theta_T, adj.f_value, len(ckpts)
+
+
+def _full_unroll(
+    problem: BilevelProblem,
+    opt: Any,
+    theta: Params,
+    state: Any,
+    lam: Params,
+    stream: DataStream,
+    first: int,
+    last: int,
+    outer_batch: Any,
+) -> tuple[Params, Params, Tensor]:
+    """Steps ``first .. last − 1`` on the graph, then (∇_λ f(θ_T(λ), λ), θ_T, f) by one backward pass."""
+    with torch.enable_grad():
+        theta_T, _ = run_inner(
+            problem, opt, theta, lam, stream, start=first, stop=last, state=state, create_graph=True
+        )
+        f = check_scalar(problem.outer_loss(theta_T, lam, outer_batch), "outer_loss")
+        if f.requires_grad:
+            got = torch.autograd.grad(f, list(lam.values()), allow_unused=True)
+        else:  # f depends on neither θ nor λ
+            got = (None,) * len(lam)
+    grad = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(lam.items(), got)}
+    return grad, theta_T, f.detach()
+
+
+def _forward_checkpoints(
+    problem: BilevelProblem,
+    opt: Any,
+    theta: Params,
+    state: Any,
+    lam_d: Params,
+    stream: _Replay,
+    segments: list[tuple[int, int]],
+) -> tuple[list[tuple[Params, Any, Any]], Params]:
+    """The detached forward pass: (θ_a, s_a, RNG state) at the start a of every segment, and θ_T."""
+    ckpts = []
+    th, st = tree.detach(theta), detach_tree(state)
+    for a, b in segments:
+        ckpts.append((th, st, rng_state()))
+        th, st = run_inner(problem, opt, th, lam_d, stream, start=a, stop=b, state=st)
+    return ckpts, th
+
+
+def _zeros_for_none(grads: Any, like: Any) -> list[Tensor]:
+    return [torch.zeros_like(v) if g is None else g for v, g in zip(like, grads)]
+
+
+class _Adjoint:
+    """The reverse sweep's running values: a_θ = ∂F/∂θ_t, a_s = ∂F/∂s_t (optimizer state; None until the
+    first segment is pulled back), the λ-gradient accumulated so far, and f(θ_T, λ)."""
+
+    def __init__(self, theta: list[Tensor], grad: list[Tensor], f_value: Tensor) -> None:
+        self.theta, self.grad, self.f_value = theta, grad, f_value
+        self.state: list[Tensor] | None = None
+
+    @classmethod
+    def at_outer_loss(
+        cls, problem: BilevelProblem, theta_T: Params, lam: Params, outer_batch: Any
+    ) -> _Adjoint:
+        """a_θ = ∂_θ f(θ_T, λ) and ∇F ← ∂_λ f(θ_T, λ)."""
         th_T = {k: v.detach().requires_grad_(True) for k, v in theta_T.items()}
         with torch.enable_grad():
             f = check_scalar(problem.outer_loss(th_T, lam, outer_batch), "outer_loss")
             wrt = [*th_T.values(), *lam.values()]
             got = torch.autograd.grad(f, wrt, allow_unused=True) if f.requires_grad else (None,) * len(wrt)
-        adj_theta = [torch.zeros_like(v) if g is None else g for v, g in zip(th_T.values(), got[: len(th_T)])]
-        grad = [torch.zeros_like(v) if g is None else g for v, g in zip(lam.values(), got[len(th_T) :])]
-        adj_state: list[Tensor] | None = None
-        lam_list = list(lam.values())
-        for (a, b), (th_a, st_a, rng) in zip(reversed(list(zip(bounds[:-1], bounds[1:]))), reversed(ckpts)):
-            th_a = {k: v.detach().requires_grad_(True) for k, v in th_a.items()}
-            st_leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in tensor_leaves(st_a)]
-            st_a = replace_tensor_leaves(st_a, st_leaves)
-            with torch.enable_grad(), rng_restored(rng):
-                th_b, st_b = run_inner(
-                    problem,
-                    opt,
-                    th_a,
-                    lam,
-                    stream,
-                    start=a,
-                    stop=b,
-                    state=st_a,
-                    create_graph=True,
-                    record=False,
-                )
-            outs, cots = [], []
-            for v, adj in zip(th_b.values(), adj_theta):
+        adj_theta = _zeros_for_none(got[: len(th_T)], th_T.values())
+        grad = _zeros_for_none(got[len(th_T) :], lam.values())
+        return cls(adj_theta, grad, f.detach())
+
+    def back_through_segment(
+        self,
+        problem: BilevelProblem,
+        opt: Any,
+        lam: Params,
+        stream: _Replay,
+        a: int,
+        b: int,
+        ckpt: tuple[Params, Any, Any],
+    ) -> None:
+        """Replay steps a .. b − 1 on the graph from their checkpoint (same RNG state, no buffer recording)
+        and pull (a_θ, a_s) at b back to a: one vector-Jacobian product, its λ-part added to ∇F."""
+        th_a, st_a, rng = ckpt
+        th_a = {k: v.detach().requires_grad_(True) for k, v in th_a.items()}
+        st_leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in tensor_leaves(st_a)]
+        st_a = replace_tensor_leaves(st_a, st_leaves)
+        with torch.enable_grad(), rng_restored(rng):
+            th_b, st_b = run_inner(
+                problem, opt, th_a, lam, stream, start=a, stop=b, state=st_a, create_graph=True, record=False
+            )
+        outs, cots = [], []
+        for v, adj in zip(th_b.values(), self.theta):
+            if v.requires_grad:
+                outs.append(v)
+                cots.append(adj)
+        if self.state is not None:
+            for v, adj in zip(tensor_leaves(st_b), self.state):
                 if v.requires_grad:
                     outs.append(v)
                     cots.append(adj)
-            if adj_state is not None:
-                for v, adj in zip(tensor_leaves(st_b), adj_state):
-                    if v.requires_grad:
-                        outs.append(v)
-                        cots.append(adj)
-            float_state = [x for x in st_leaves if x.requires_grad]
-            inputs = [*th_a.values(), *float_state, *lam_list]
-            g = (
-                torch.autograd.grad(outs, inputs, grad_outputs=cots, allow_unused=True)
-                if outs
-                else [None] * len(inputs)
-            )
-            n_th = len(th_a)
-            adj_theta = [torch.zeros_like(v) if gi is None else gi for v, gi in zip(th_a.values(), g[:n_th])]
-            it = iter(g[n_th : n_th + len(float_state)])
-            adj_state = []
-            for x in st_leaves:
-                gi = next(it) if x.requires_grad else None
-                adj_state.append(torch.zeros_like(x) if gi is None else gi)
-            for i, gi in enumerate(g[n_th + len(float_state) :]):
-                if gi is not None:
-                    grad[i] = grad[i] + gi
-        if propagate_init:  # θ_0 may itself depend on λ (MAML-style initialisation)
-            pairs = [(v, adj) for v, adj in zip(theta_in.values(), adj_theta) if v.requires_grad]
-            if pairs:
-                with torch.enable_grad():
-                    g = torch.autograd.grad(
-                        [p for p, _ in pairs], lam_list, grad_outputs=[c for _, c in pairs], allow_unused=True
-                    )
-                for i, gi in enumerate(g):
-                    if gi is not None:
-                        grad[i] = grad[i] + gi
-        return dict(zip(lam.keys(), grad)), theta_T, f.detach(), len(ckpts)
+        float_state = [x for x in st_leaves if x.requires_grad]
+        inputs = [*th_a.values(), *float_state, *lam.values()]
+        g = (
+            torch.autograd.grad(outs, inputs, grad_outputs=cots, allow_unused=True)
+            if outs
+            else [None] * len(inputs)
+        )
+        n_th = len(th_a)
+        self.theta = _zeros_for_none(g[:n_th], th_a.values())
+        it = iter(g[n_th : n_th + len(float_state)])
+        self.state = []
+        for x in st_leaves:
+            gi = next(it) if x.requires_grad else None
+            self.state.append(torch.zeros_like(x) if gi is None else gi)
+        self._add_to_grad(g[n_th + len(float_state) :])
+
+    def back_through_init(self, theta0: Params, lam: Params) -> None:
+        """∇F += (∂θ_0/∂λ)ᵀ a_θ, where θ_0 is a function of λ (MAML: ``inner_init = {"w": outer["w0"]}``)."""
+        pairs = [(v, adj) for v, adj in zip(theta0.values(), self.theta) if v.requires_grad]
+        if pairs:
+            with torch.enable_grad():
+                g = torch.autograd.grad(
+                    [p for p, _ in pairs],
+                    list(lam.values()),
+                    grad_outputs=[c for _, c in pairs],
+                    allow_unused=True,
+                )
+            self._add_to_grad(g)
+
+    def _add_to_grad(self, grads: Any) -> None:
+        for i, gi in enumerate(grads):
+            if gi is not None:
+                self.grad[i] = self.grad[i] + gi

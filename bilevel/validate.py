@@ -101,3 +101,11 @@ def one_of(value: Any, name: str, choices: tuple) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def nonnegative(value: Any, name: str) -> float:
+    """A finite real number ≥ 0 (a tolerance, a damping), else ``ValueError`` naming ``name``."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
