@@ -4,7 +4,9 @@
 cross-attention context ``encoder_hidden_states``, a learned token sequence ``tokens[c] ∈ R^{L×D}`` per class
 (``L = context_tokens``, ``D = cross_attention_dim``), so ESD, FMN and anything else written for SD's text
 conditioning applies unchanged. Row ``num_classes`` of the token table is the null (unconditional) context ∅
-of classifier-free guidance; label ``-1`` also means ∅.
+of classifier-free guidance; label ``-1`` also means ∅. With ``start_token`` (default) one learned token
+``start ∈ R^D`` shared by every class and ∅ comes first, as SD's start-of-text token does: the context is
+[start, tokens[c]] of length L + 1, and attention can be re-steered away from the class tokens onto it (FMN).
 
 Data space vs diffusion space (SD's latent space, here an affine map instead of a VAE): ``encode(x) = 2x − 1``
 maps images in the data range [0, 1] to [−1, 1] and pads them with the background value −1 to
@@ -41,6 +43,7 @@ class UNetConfig:
     layers_per_block: int = 1
     cross_attention_dim: int = 64
     context_tokens: int = 1
+    start_token: bool = True
     attention_head_dim: int = 32
     norm_num_groups: int = 16
 
@@ -82,6 +85,7 @@ class ConditionalDiffusion(nn.Module):
         image_shape: tuple[int, int, int],
         *,
         context_tokens: int = 1,
+        start_token: bool = True,
         config: UNetConfig | None = None,
     ) -> None:
         super().__init__()
@@ -95,20 +99,30 @@ class ConditionalDiffusion(nn.Module):
         self.config = config
         self.tokens = nn.Embedding(self.num_classes + 1, self.cross_attention_dim * self.context_tokens)
         nn.init.normal_(self.tokens.weight, std=1.0)
+        self.start = nn.Parameter(torch.randn(self.cross_attention_dim)) if start_token else None
 
     @property
     def null_label(self) -> int:
         """The label of the null (unconditional) context: ``num_classes``."""
         return self.num_classes
 
+    @property
+    def context_length(self) -> int:
+        """Tokens in a context: ``context_tokens`` (+ 1 with the shared start token)."""
+        return self.context_tokens + (self.start is not None)
+
     def context(self, labels: Tensor) -> Tensor:
-        """The cross-attention context (B, L, D) of ``labels``; ``-1`` or ``num_classes`` give ∅."""
+        """The cross-attention context (B, context_length, D) of ``labels``: [start, tokens[c]] (or tokens[c]
+        without a start token); ``-1`` or ``num_classes`` give ∅."""
         labels = torch.as_tensor(labels, device=self.tokens.weight.device).long().reshape(-1)
         bad = (labels < -1) | (labels > self.num_classes)
         if bool(bad.any()):
             raise ValueError(f"labels: must lie in [-1, {self.num_classes}] (-1 or {self.num_classes} = null)")
         labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
-        return self.tokens(labels).view(-1, self.context_tokens, self.cross_attention_dim)
+        ctx = self.tokens(labels).view(-1, self.context_tokens, self.cross_attention_dim)
+        if self.start is None:
+            return ctx
+        return torch.cat([self.start.view(1, 1, -1).expand(ctx.shape[0], 1, -1), ctx], dim=1)
 
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         """ε̂ = ε_θ(x_t, t, context); give exactly one of ``labels`` (mapped by `context`) or ``context``."""
@@ -166,7 +180,12 @@ def build_unet(config: UNetConfig | None = None) -> ConditionalDiffusion:
         norm_num_groups=config.norm_num_groups,
     )
     return ConditionalDiffusion(
-        unet, config.num_classes, config.image_shape, context_tokens=config.context_tokens, config=config
+        unet,
+        config.num_classes,
+        config.image_shape,
+        context_tokens=config.context_tokens,
+        start_token=config.start_token,
+        config=config,
     )
 
 

@@ -3,6 +3,8 @@ SD block layout, the training noise schedule, config validation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,11 +13,14 @@ from unlearning.generation.model import UNetConfig, build_unet, noise_scheduler,
 
 def test_context_shapes_and_null_token(tiny_model):
     ctx = tiny_model.context(torch.tensor([0, 2, -1, 3]))
-    assert ctx.shape == (4, 2, 8)
+    assert ctx.shape == (4, 3, 8) and tiny_model.context_length == 3  # [start, 2 class tokens]
     assert tiny_model.null_label == 3
     assert torch.equal(ctx[2], ctx[3])  # -1 and num_classes are both ∅
-    assert not torch.equal(ctx[0], ctx[1])
+    assert not torch.equal(ctx[0, 1:], ctx[1, 1:])
+    assert all(torch.equal(ctx[i, 0], tiny_model.start) for i in range(4))  # the shared start token
     assert tiny_model.tokens.num_embeddings == 4
+    plain = build_unet(dataclasses.replace(tiny_model.config, start_token=False))
+    assert plain.context(torch.tensor([1])).shape == (1, 2, 8) and plain.start is None
 
 
 def test_bad_labels_name_the_argument(tiny_model):
