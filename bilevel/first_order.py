@@ -21,7 +21,7 @@ from .inner import run_inner
 from .linearize import linearize, outer_partials
 from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params, check_finite
-from .validate import positive_int
+from .validate import number, positive_int
 
 MODES = ("partial", "identity", "f2sa")
 
@@ -79,16 +79,11 @@ class FirstOrder(Solver):
                 "optimizer must be a bilevel.optim optimizer (e.g. optim.SGD(lr=0.1)) "
                 "when steps > 0 or mode='f2sa'"
             )
-        if not c > 0:
-            raise ValueError(f"c must be > 0, got {c!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        self.c, self.eps = float(number(c, "c")), float(number(eps, "eps"))
+        self.sigma = float(number(sigma, "sigma"))
         if penalty_steps is not None:
             positive_int(penalty_steps, "penalty_steps")
-        self.optimizer, self.mode, self.c, self.eps = optimizer, mode, float(c), float(eps)
-        self.finite_difference, self.sigma = finite_difference, float(sigma)
+        self.optimizer, self.mode, self.finite_difference = optimizer, mode, finite_difference
         self.penalty_steps = penalty_steps
 
     @property
