@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     "unlearning.commands.search",
     "unlearning.commands.bench",
     "unlearning.commands.evaluate",
+    "unlearning.commands.generate",
 ]
 
 

@@ -586,8 +586,8 @@ class FMN(Iterative):
                 raise ValueError(
                     f"fmn: every one of the {length} context token(s) of class {c} is class-specific, so the "
                     "softmax attention over them sums to 1 and cannot be re-steered; FMN needs a context "
-                    "token shared with the null context (Stable Diffusion's start token), e.g. a model whose "
-                    "tokens[:, :D] row block is the same for every class"
+                    "token shared with the null context, as Stable Diffusion's start token: build the model "
+                    "with UNetConfig(start_token=True)"
                 )
         self._store: list[Tensor] = []
         before = record_cross_attention(model.unet, self._store)

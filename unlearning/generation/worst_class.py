@@ -129,9 +129,9 @@ def exact_worst_class(
         if judge is not None:
             from unlearning.generation.metrics import evaluate_generation
 
-            m = evaluate_generation(
-                out.model, judge, real or task.data, (c,), seed=task.seed, **(metric_kw or {})
-            )
+            reference = task.data if real is None else real
+            kw = {"seed": task.seed, **(metric_kw or {})}
+            m = evaluate_generation(out.model, judge, reference, (c,), **kw)
             row.ua, row.remain_acc, row.fid = m.ua, m.remain_acc, m.fid
         rows.append(row)
     worst = min(rows, key=lambda r: r.forget_loss).cls

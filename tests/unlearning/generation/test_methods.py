@@ -11,7 +11,7 @@ import torch
 from unlearning.data_types import ArrayData
 from unlearning.generation import methods as M
 from unlearning.generation.diffusion import add_noise, diffusion_loss, sample_timesteps, sampling_scheduler
-from unlearning.generation.model import sd_layout_unet
+from unlearning.generation.model import build_unet, sd_layout_unet
 from unlearning.generation.task import GenerationTask
 
 K = 3
@@ -185,17 +185,9 @@ def test_esd_objective_and_trained_weights(tiny_model, task):
         assert not changed or ".attn2." in name, name  # ESD-x: cross-attention weights only
 
 
-def _with_start_token(model):
-    """Make context position 0 the same token for every class and ∅ (SD's start token)."""
-    d = model.cross_attention_dim
-    with torch.no_grad():
-        model.tokens.weight[:, :d] = model.tokens.weight[-1, :d]
-    return model
-
-
 def test_fmn_objective(tiny_model, task):
-    model = _with_start_token(tiny_model)
-    assert M.concept_positions(model, 1).tolist() == [1]
+    model = tiny_model  # context [start, tokens[c]]: the start token is shared with ∅
+    assert M.concept_positions(model, 1).tolist() == [1, 2]
     store = []
     before = M.record_cross_attention(model.unet, store)
     gen = torch.Generator().manual_seed(0)
@@ -206,17 +198,18 @@ def test_fmn_objective(tiny_model, task):
     assert torch.allclose(eps, model(add_noise(z0, noise, t), t, labels=torch.tensor([1, 1, 1])), atol=1e-5)
     assert store and all(torch.allclose(m.sum(-1), torch.ones(())) for m in store)  # softmax over keys
     # hand attention of the first recorded layer from its own q, k
-    loss = M.attention_loss(store, torch.tensor([1]))
-    assert torch.allclose(loss, sum((m[..., 1] ** 2).mean() for m in store))
+    loss = M.attention_loss(store, torch.tensor([1, 2]))
+    assert torch.allclose(loss, sum((m[..., 1] ** 2 + m[..., 2] ** 2).mean() for m in store))
 
 
-def test_fmn_refuses_a_context_without_a_shared_token(tiny_model, task):
+def test_fmn_refuses_a_context_without_a_shared_token(tiny_config, task):
+    model = build_unet(dataclasses.replace(tiny_config, start_token=False))
     with pytest.raises(ValueError, match="cannot be re-steered"):
-        M.FMN(iterations=1, batch_size=2).unlearn(tiny_model, task)
+        M.FMN(iterations=1, batch_size=2).unlearn(model, task)
 
 
 def test_fmn_lowers_the_concept_attention(tiny_model, task):
-    model = _with_start_token(tiny_model)
+    model = tiny_model
     out = M.FMN(iterations=8, batch_size=4, lr=3e-2).unlearn(model, task)
     assert (
         out.info["final_loss"]
@@ -258,7 +251,7 @@ def test_user_method_plugs_in(tiny_model, task):
 
 @pytest.mark.parametrize("name", ["ft", "ga", "rl", "salun", "esd", "fmn"])
 def test_every_method_runs_on_an_sd_layout_unet(name):
-    model = _with_start_token(sd_layout_unet(num_classes=K))
+    model = sd_layout_unet(num_classes=K)
     data = ArrayData(torch.rand(6, 1, 8, 8), torch.arange(6) % K)
     task = GenerationTask(data, (2,), K, seed=0)
     hp = {"iterations": 1, "batch_size": 2}
