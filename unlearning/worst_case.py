@@ -436,7 +436,7 @@ def make_solver(
     cg_iters: int = 10,
     cg_tol: float = DEFAULT_CG_TOL,
     warm_start: bool = True,
-) -> Any:
+) -> bilevel.Solver:
     """The `bilevel` solver of each ``hypergrad`` choice (see the module docstring).
 
     Implicit: CG on (H + δI)v = ∂_θ F (δ = ``damping``) for at most ``cg_iters`` iterations, to a relative
@@ -609,7 +609,7 @@ class _Run:
     start: Tensor
     start_classes: Tensor | None
     problem: bilevel.BilevelProblem
-    solver: Any
+    solver: bilevel.Solver
     theta0: dict[str, Tensor]
     batches: PoolBatches | None
 
@@ -721,16 +721,16 @@ class _Recorder:
         label = f"worst-case search ({run.method.name}, {cfg.hypergrad})"
         self.update, self.close = _progress_fn(progress, cfg.upper_steps, label)
 
-    def callback(self, offset: int) -> Callable[[int, dict, Any], bool]:
+    def callback(self, offset: int) -> Callable[[int, dict, bilevel.Hypergrad], bool]:
         """`bilevel.minimize`'s callback for a segment starting after ``offset`` upper steps."""
 
-        def record(step: int, outer: dict, hg: Any) -> bool:
+        def record(step: int, outer: dict, hg: bilevel.Hypergrad) -> bool:
             self.record(offset + step + 1, outer["w"], hg)
             return False
 
         return record
 
-    def record(self, step: int, new: Tensor, hg: Any) -> None:
+    def record(self, step: int, new: Tensor, hg: bilevel.Hypergrad) -> None:
         """Upper step ``step`` (from 1) moved w to ``new``; ``hg`` is the hypergradient taken at the old w,
         so its outer loss is F(w_old), and Σ w_i ℓ_i = s·(F − γ‖w_old‖²)."""
         cfg, m = self.run.config, self.run.budget_size
@@ -874,7 +874,7 @@ def _record(run: _Run) -> dict[str, Any]:
 
 
 def _objective_at(
-    problem: bilevel.BilevelProblem, solver: Any, theta0: dict, w: Tensor, batches: Any
+    problem: bilevel.BilevelProblem, solver: bilevel.Solver, theta0: dict, w: Tensor, batches: Any
 ) -> float:
     """F(w) = f(θ_K(w), w): the lower level run from θ_0 with the solver's optimizer and steps."""
     theta = bilevel.solve_inner(problem, solver.optimizer, solver.steps, theta0, {"w": w}, inner_data=batches)
