@@ -120,9 +120,9 @@ class StressConfig:
     never tuned). ``device``, ``data_dir``, ``cache_dir``: as `unlearning.setup.prepare`.
 
     Checking loads the dataset once (m must leave at least one example, or class, out of the forget set).
-    ``seeds`` is kept as a tuple and ``methods`` as a tuple of entries. The resolved methods, the searched
-    method and m are `built_methods`, `built_search_method` and `forget_size`; `record` is the report's
-    ``config``.
+    ``seeds`` is kept as a tuple, ``methods`` as a tuple of entries, and None options as ``{}``. The
+    resolved methods, the searched method and m are `built_methods`, `built_search_method` and
+    `forget_size`; `record` is the report's ``config``.
     """
 
     dataset: str = "digits"
@@ -146,6 +146,9 @@ class StressConfig:
         if not isinstance(self.seeds, (str, bytes)):
             object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "methods", tuple(_split(self.methods)))
+        for name in ("search_options", "method_hparams"):  # None and {} say the same: nothing given
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, {})
         object.__setattr__(self, "_resolved", _resolve(self))
 
     @property

@@ -203,3 +203,30 @@ def test_doc_config_example_runs(monkeypatch, capsys):
     ((config, out),) = got
     assert out == "runs/implicit" and config.hypergrad == "implicit" and config.seeds == (0, 1)
     assert capsys.readouterr().out.strip() == "130 ['ft', 'rl', 'salun']"
+
+
+def test_the_command_line_maps_onto_a_config(tmp_path):
+    """`worstforget stress` flags → `StressConfig` in one place (`commands.stress.config_from_args`); the
+    parser's defaults are the config's."""
+    from unlearning.cli import build_parser
+    from unlearning.commands import CLIError
+    from unlearning.commands.stress import config_from_args, flag_error
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["stress"])) == StressConfig()
+    argv = ["stress", "--methods", "FT,rl", "--seeds", "1,0", "--class-wise", "--search-batch-size", "64"]
+    argv += ["--hp", "rl.lr=0.02", "--upper-steps", "3", "--tune", "--cache-dir", str(tmp_path)]
+    assert config_from_args(parse(argv)) == StressConfig(
+        methods=["ft", "rl"],
+        seeds=[1, 0],
+        class_wise=True,
+        search_options={"batch_size": 64},
+        method_hparams={"rl": {"lr": 0.02}},
+        upper_steps=3,
+        tune=True,
+        cache_dir=str(tmp_path),
+    )
+    assert str(flag_error(StressInputError("method_hparams", "bad"))) == "argument --hp: bad"
+    assert str(flag_error(StressInputError("search_method", "bad"))) == "argument --search-method: bad"
+    with pytest.raises(CLIError, match=r"^argument --forget-fraction: must be a fraction"):
+        config_from_args(parse(["stress", "--forget-fraction", "2"]))

@@ -5,6 +5,7 @@ row, resumable), ``OUT/report.md``, the plots and ``OUT/sets/seed<S>.json``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,10 @@ Examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from unlearning.stress import DEFAULT_METHODS, DEFAULT_SEEDS
+    from unlearning.stress import StressConfig
     from unlearning.worst_case import HYPERGRADS
+
+    d = {f.name: f.default for f in dataclasses.fields(StressConfig)}  # the defaults: the config's
 
     p = subparsers.add_parser(
         "stress",
@@ -46,12 +49,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--dataset", default="digits", help="dataset: digits, mnist5k, synthetic, cifar10 (default: digits)"
+        "--dataset",
+        default=d["dataset"],
+        help=f"dataset: digits, mnist5k, synthetic, cifar10 (default: {d['dataset']})",
     )
-    p.add_argument("--model", default="mlp", help="model: mlp, cnn, resnet18 (default: mlp)")
+    p.add_argument("--model", default=d["model"], help=f"model: mlp, cnn, resnet18 (default: {d['model']})")
     p.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
+        default=",".join(d["methods"]),
         metavar="LIST",
         help="comma-separated methods to test: registry names or package.module:Class for your own "
         "(default: every method but retrain, the reference)",
@@ -59,10 +64,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--forget-fraction",
         type=float,
-        default=0.1,
+        default=d["forget_fraction"],
         metavar="F",
         help="forget-set size as a fraction in (0, 1) of the training pool, or of the classes with "
-        "--class-wise (default: 0.1)",
+        f"--class-wise (default: {d['forget_fraction']})",
     )
     p.add_argument(
         "--class-wise",
@@ -71,31 +76,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--seeds",
-        default=",".join(map(str, DEFAULT_SEEDS)),
+        default=",".join(map(str, d["seeds"])),
         metavar="LIST",
         help="comma-separated seeds; each gives a split, an original model and its two forget sets "
-        "(default: 0,1,2)",
+        f"(default: {','.join(map(str, d['seeds']))})",
     )
     p.add_argument(
         "--search-method",
-        default="ft",
+        default=d["search_method"],
         metavar="METHOD",
-        help="method whose worst-case set is searched (name or package.module:Class; default: ft)",
+        help=f"method whose worst-case set is searched (name or package.module:Class; default: "
+        f"{d['search_method']})",
     )
     p.add_argument(
         "--hypergrad",
-        default="first_order",
+        default=d["hypergrad"],
         metavar="MODE",
-        help=f"hypergradient of the search: {', '.join(HYPERGRADS)} (default: first_order)",
+        help=f"hypergradient of the search: {', '.join(HYPERGRADS)} (default: {d['hypergrad']})",
     )
     p.add_argument(
-        "--upper-steps", type=int, default=20, help="upper-level steps of the search (default: 20)"
+        "--upper-steps",
+        type=int,
+        default=d["upper_steps"],
+        help=f"upper-level steps of the search (default: {d['upper_steps']})",
     )
     p.add_argument(
         "--lower-steps",
         type=int,
-        default=10,
-        help="lower-level steps per upper step of the search (default: 10)",
+        default=d["lower_steps"],
+        help=f"lower-level steps per upper step of the search (default: {d['lower_steps']})",
     )
     p.add_argument(
         "--search-batch-size",
@@ -122,7 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="runs/stress",
         help="output folder; rerunning with the same options resumes there (default: runs/stress)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default=d["device"], help=f"cpu or cuda (default: {d['device']})")
     p.add_argument(
         "--threads",
         type=int,
