@@ -1,8 +1,8 @@
 """Argument validation, one way for the whole project: a value is checked against an `Interval` or `Options`
 spec, and a bad one raises ``ValueError("<name> must be <spec>, got <value>")``.
 
-``bilevel`` and ``unlearning`` both use this module (``unlearning`` imports ``bilevel``); ``attacks`` keeps its
-own ``attacks.validate`` because it must not import ``bilevel``.
+``bilevel`` and ``unlearning`` both use this module (``unlearning`` imports ``bilevel``); ``attacks`` keeps
+its own ``attacks.validate`` because it must not import ``bilevel``.
 
     positive_int(5, "steps")                     -> 5
     positive_int(0, "steps")                     -> ValueError: steps must be an integer >= 1, got 0
