@@ -1,7 +1,8 @@
 """The data re-weighting workload raced in the speed benchmarks, and every contestant's hypergradient.
 
-Problem (the peer baseline of ``shared/reference/environment.md``): sklearn's bundled digits, standardised;
-1,200 training rows, the other 597 for validation; an MLP 64-128-10; one outer logit x_i per training row,
+Problem (the peer baseline of ``shared/reference/environment.md``; its losses are
+`bilevel.problems.Reweighting`): sklearn's bundled digits, standardised; 1,200 training rows, the other 597
+for validation; an MLP 64-128-10; one outer logit x_i per training row,
 
     g(θ, x) = (1/n) Σ_i σ(x_i) CE(f_θ(a_i), b_i) + (wd/2)‖θ‖²      (inner; wd = 0 for the unrolled race)
     f(θ, x) = (1/m) Σ_j CE(f_θ(a_j^val), b_j^val)                   (outer)
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bilevel import CG, BilevelProblem, FirstOrder, Forward, Implicit, Unrolled, optim
+from bilevel import CG, BilevelProblem, FirstOrder, Forward, Implicit, Unrolled, optim, problems
 
 DEVICE_ENV = "WORSTFORGET_BENCH_DEVICE"
 Params = dict[str, Tensor]
@@ -74,7 +75,12 @@ def _digits() -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Reweighting:
-    """One instance of the workload: data, the module, θ_0 and the outer point x (all on ``device``)."""
+    """One instance of the workload: data, the module, θ_0 and the outer point x (all on ``device``).
+
+    The losses are `bilevel.problems.Reweighting`'s (the one definition of the problem), on the module
+    through ``torch.func.functional_call``, or (``manual``) on the same parameters through
+    `bilevel.problems.mlp` (``F.linear`` per layer: the same operations, without functional_call's per-call
+    re-parametrisation)."""
 
     net: nn.Module
     params0: Params
@@ -91,34 +97,34 @@ class Reweighting:
     damping: float = 0.05
     cache: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        def on_module(params: Params, X: Tensor) -> Tensor:
+            return functional_call(self.net, params, (X,))
+
+        self.tasks = {
+            manual: problems.Reweighting(
+                self.X, self.y, self.Xv, self.yv, self.weight_decay, problems.mlp if manual else on_module
+            )
+            for manual in (False, True)
+        }
+
     @property
     def n(self) -> int:
         return self.X.shape[0]
 
     def model(self, params: Params, X: Tensor, manual: bool = False) -> Tensor:
-        """The MLP through ``torch.func.functional_call`` on the module, or (``manual``) written out with
-        ``F.linear``: same operations, without functional_call's per-call re-parametrisation."""
-        if manual:
-            hidden = F.relu(F.linear(X, params["0.weight"], params["0.bias"]))
-            return F.linear(hidden, params["2.weight"], params["2.bias"])
-        return functional_call(self.net, params, (X,))
+        """The MLP on rows ``X``: through the module, or (``manual``) written out with ``F.linear``."""
+        return self.tasks[manual].model(params, X)
 
     def inner_value(self, params: Params, logits: Tensor, manual: bool = False) -> Tensor:
-        """g(θ, x) on an output of the module (shared by every contestant)."""
-        ce = F.cross_entropy(self.model(params, self.X, manual), self.y, reduction="none")
-        loss = (torch.sigmoid(logits) * ce).sum() / self.n
-        if self.weight_decay:
-            loss = loss + 0.5 * self.weight_decay * sum((p * p).sum() for p in params.values())
-        return loss
+        """g(θ, x) (shared by every contestant)."""
+        return self.tasks[manual].inner_value(params, logits)
 
     def outer_value(self, params: Params, manual: bool = False) -> Tensor:
-        return F.cross_entropy(self.model(params, self.Xv, manual), self.yv)
+        return self.tasks[manual].outer_value(params)
 
     def make_problem(self, manual: bool = False) -> BilevelProblem:
-        return BilevelProblem(
-            inner_loss=lambda inner, outer, batch: self.inner_value(inner, outer["x"], manual),
-            outer_loss=lambda inner, outer, batch: self.outer_value(inner, manual),
-        )
+        return self.tasks[manual].problem
 
     @property
     def problem(self) -> BilevelProblem:

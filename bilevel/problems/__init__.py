@@ -8,19 +8,35 @@ at, the exact inner solution, F, the closed-form ∇F and the dense inner Hessia
   `imaml_proximal` (P6);
 - P7 edge cases: `scalar_inner`, `multi_tensor`, `saddle`, `nan_outer`;
 - `finite_difference(ref, outer, eps)`: central differences of ``ref.value``.
+
+Bi-level examples without a closed form, on data the caller passes as tensors:
+
+- `Reweighting` (data re-weighting of a network: per-sample weights σ(x_i) learned on a validation loss;
+  the speed benchmarks' workload and ``worstforget bench --problem mlp-reweight``), `mlp_reweighting` (a
+  seeded MLP instance from a pool of rows), `mlp`, `mlp_init`;
+- `cleaning`: data hyper-cleaning (weights on the capped simplex that find mislabelled examples;
+  ``worstforget hyperclean``).
 """
 
+from . import cleaning
 from ._base import ReferenceProblem, finite_difference
 from .edge import multi_tensor, nan_outer, saddle, scalar_inner
 from .logistic import logistic
 from .quadratic import imaml_proximal, quadratic, unrolled_gd_quadratic
+from .reweighting import Reweighting, ReweightingInstance, mlp, mlp_init, mlp_reweighting
 from .ridge import ridge, weighted_ridge
 
 __all__ = [
     "ReferenceProblem",
+    "Reweighting",
+    "ReweightingInstance",
+    "cleaning",
     "finite_difference",
     "imaml_proximal",
     "logistic",
+    "mlp",
+    "mlp_init",
+    "mlp_reweighting",
     "multi_tensor",
     "nan_outer",
     "quadratic",

@@ -29,6 +29,7 @@ def quadratic(
     coupling: float = 1.0,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> ReferenceProblem:
     """P2. General quadratic bi-level problem (benchopt "simulated").
 
@@ -40,7 +41,9 @@ def quadratic(
         ``optimum()`` returns x_opt = −M⁻¹q, q = JᵀF y₀ + K y₀ + Jᵀf_y + h_x, y₀ = −A⁻¹a, and F(x_opt).
 
     Inner ``{"y": (dy,)}``, outer ``{"x": (dx,)}``. No data: the loss ignores ``batch``.
-    ``data`` holds every matrix and vector (``A, B, C, a, b, F, H, K, f_y, h_x``) and ``M``.
+    ``data`` holds every matrix and vector (``A, B, C, a, b, F, H, K, f_y, h_x``) and ``M``. ``device``: where
+    the losses' tensors, ``inner_init`` and ``outer`` live (drawn on the CPU first, so every device gets the
+    same numbers); default the CPU.
     """
     check_sizes(dx=dx, dy=dy)
     check_spectrum(mu, L)
@@ -62,6 +65,10 @@ def quadratic(
     H = spd(gen, spectrum(0.5, 2.0, dx, dtype)) + shift * torch.eye(dx, dtype=dtype)
     M = H + M0
     M = (M + M.T) / 2
+    if device is not None:
+        A, B, C, a, b, F, H, K, f_y, h_x, J, M = (
+            t.to(device) for t in (A, B, C, a, b, F, H, K, f_y, h_x, J, M)
+        )
 
     def inner_loss(inner: Params, outer: Params, batch: Any = None) -> Tensor:
         x, y = outer["x"], inner["y"]
@@ -92,8 +99,8 @@ def quadratic(
     return ReferenceProblem(
         name="quadratic",
         problem=BilevelProblem(inner_loss, outer_loss),
-        inner_init={"y": torch.zeros(dy, dtype=dtype)},
-        outer={"x": randn(gen, dx, dtype=dtype)},
+        inner_init={"y": torch.zeros(dy, dtype=dtype, device=A.device)},
+        outer={"x": randn(gen, dx, dtype=dtype).to(A.device)},
         solve_inner=solve_inner,
         value=value,
         hypergrad=hypergrad,

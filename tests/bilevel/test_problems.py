@@ -426,6 +426,133 @@ def test_nan_injection(where):
         P.nan_outer("both")
 
 
+# ----------------------------------------------------------------------- data re-weighting (no closed form)
+
+
+def _reweighting_data(dtype=DT, n=12, m=9, d=5, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X, Xv = (torch.randn(k, d, generator=g, dtype=torch.float64).to(dtype) for k in (n, m))
+    y, yv = (torch.randint(0, classes, (k,), generator=g) for k in (n, m))
+    logits = (0.5 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
+    return X, y, Xv, yv, logits
+
+
+def _sgd_unroll_value(task, params0, logits, steps, lr):
+    """F_T(x) = f(θ_T(x)): T plain gradient steps θ ← θ − lr ∇_θ g(θ, x) from θ₀, written out."""
+    params = dict(params0)
+    for _ in range(steps):
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(task.inner_value(params, logits), list(params.values()))
+        params = {k: (v - lr * gr).detach() for (k, v), gr in zip(params.items(), grads)}
+    return task.outer_value(params)
+
+
+def test_reweighting_unrolled_hypergradient_matches_finite_differences():
+    """∇_x F_T of `Reweighting` (an MLP 5-4-3, T = 4 steps, weight decay) by `Unrolled` equals central
+    differences of F_T, one logit at a time (float64)."""
+    from bilevel import Unrolled, optim
+
+    X, y, Xv, yv, logits = _reweighting_data()
+    task = P.Reweighting(X, y, Xv, yv, weight_decay=1e-2)
+    params0 = P.mlp_init((5, 4, 3), torch.Generator().manual_seed(1))
+    for v in params0.values():  # non-zero biases: every parameter takes part
+        v.add_(0.1)
+    steps, lr, eps = 4, 0.5, 1e-6
+    hg = Unrolled(optim.SGD(lr=lr), steps).hypergrad(task.problem, params0, {"x": logits})
+    fd = torch.zeros_like(logits)
+    for i in range(logits.numel()):
+        e = torch.zeros_like(logits)
+        e[i] = eps
+        up, down = (_sgd_unroll_value(task, params0, logits + s * e, steps, lr) for s in (1, -1))
+        fd[i] = (up - down) / (2 * eps)
+    err = rel(hg.grad, {"x": fd})
+    record("reweighting", "unrolled_vs_fd", err)
+    assert err <= 1e-6 and float(fd.norm()) > 1e-4
+
+
+def _old_benchmark_inner(net, params, X, y, logits, weight_decay):
+    """g(θ, x) exactly as the benchmarks' workload wrote it before it moved into `bilevel.problems`."""
+    ce = torch.nn.functional.cross_entropy(torch.func.functional_call(net, params, (X,)), y, reduction="none")
+    loss = (torch.sigmoid(logits) * ce).sum() / X.shape[0]
+    if weight_decay:
+        loss = loss + 0.5 * weight_decay * sum((p * p).sum() for p in params.values())
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_reweighting_is_bit_identical_to_the_old_benchmark_workload(dtype, weight_decay):
+    """Same module, data and seed: the moved problem gives the old workload's losses and hypergradient
+    bit for bit, through ``functional_call`` on the module and through `mlp` (``F.linear`` per layer)."""
+    from torch import nn
+
+    from bilevel import BilevelProblem, Unrolled, optim
+
+    X, y, Xv, yv, logits = _reweighting_data(dtype)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+    params0 = {k: p.detach().clone() for k, p in net.named_parameters()}
+    old = BilevelProblem(
+        lambda inner, outer, batch: _old_benchmark_inner(net, inner, X, y, outer["x"], weight_decay),
+        lambda inner, outer, batch: torch.nn.functional.cross_entropy(
+            torch.func.functional_call(net, inner, (Xv,)), yv
+        ),
+    )
+    solver = Unrolled(optim.SGD(lr=0.1), 3)
+    want = solver.hypergrad(old, params0, {"x": logits}).grad["x"]
+    for model in (lambda p, A: torch.func.functional_call(net, p, (A,)), P.mlp):
+        task = P.Reweighting(X, y, Xv, yv, weight_decay, model)
+        assert torch.equal(
+            task.inner_value(params0, logits), _old_benchmark_inner(net, params0, X, y, logits, weight_decay)
+        )
+        assert torch.equal(solver.hypergrad(task.problem, params0, {"x": logits}).grad["x"], want)
+
+
+def test_mlp_reweighting_instance_is_seeded_and_standardised():
+    g = torch.Generator().manual_seed(3)
+    pool_X, pool_y = torch.rand(50, 2, 3, generator=g), torch.randint(0, 4, (50,), generator=g)
+    val_X, val_y = torch.rand(7, 2, 3, generator=g), torch.randint(0, 4, (7,), generator=g)
+    a, b = (P.mlp_reweighting(pool_X, pool_y, val_X, val_y, n=20, hidden=5, seed=1) for _ in range(2))
+    assert all(torch.equal(a.inner_init[k], b.inner_init[k]) for k in a.inner_init)
+    assert torch.equal(a.outer["x"], b.outer["x"]) and torch.equal(a.task.X, b.task.X)
+    assert list(a.inner_init) == ["W1", "b1", "W2", "b2"] and a.inner_init["W2"].shape == (4, 5)
+    assert a.inner_numel == 6 * 5 + 5 + 5 * 4 + 4 and a.task.n == 20 and a.outer["x"].shape == (20,)
+    assert torch.allclose(a.task.X.mean(0), torch.zeros(6, dtype=DT), atol=1e-12)
+    assert float(a.inner_init["W1"].abs().max()) <= 6**-0.5 and not a.inner_init["b1"].any()
+    c = P.mlp_reweighting(pool_X, pool_y, val_X, val_y, n=20, hidden=5, seed=2)
+    assert not torch.equal(a.task.X, c.task.X)
+    with pytest.raises(ValueError, match="n must be at most"):
+        P.mlp_reweighting(pool_X, pool_y, val_X, val_y, n=51, hidden=5)
+    with pytest.raises(ValueError, match="weight_decay"):
+        P.Reweighting(a.task.X, a.task.y, a.task.X_val, a.task.y_val, weight_decay=-1.0)
+    with pytest.raises(ValueError, match="weight, bias"):
+        P.mlp({"W1": a.inner_init["W1"]}, a.task.X)
+
+
+# ------------------------------------------------------------------------------------------- hyper-cleaning
+
+
+def test_hyper_cleaning_example_finds_the_flipped_labels():
+    """`bilevel.problems.cleaning.run` on Gaussian blobs (torch only): the learned weights leave most of the
+    flipped labels out of the k kept, and a model fitted on the kept rows beats one fitted on all rows."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (700,), generator=g)
+    X = centres[y] + 0.7 * torch.randn(700, 8, generator=g, dtype=torch.float64)
+    report = P.cleaning.run(X, y, seed=0, noise=0.4, outer_steps=8, inner_steps=30, n_train=300, n_val=150)
+    assert report["config"]["n_train"] == 300 and report["config"]["budget_k"] == 180
+    assert report["corrupted_pct_in_train"] > 30
+    assert report["corrupted_pct_in_kept"] < report["corrupted_pct_in_train"] / 2
+    assert report["mean_weight"]["clean"] > report["mean_weight"]["corrupted"]
+    assert report["test_accuracy"]["kept_by_bilevel"] > report["test_accuracy"]["all_examples"] + 3
+    assert len(report["curve"]) == 8 and len(report["weights"]) == 300
+    with pytest.raises(ValueError, match="noise"):
+        P.cleaning.make_data(X, y, noise=1.0, seed=0)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        P.cleaning.make_solver("newton", 5)
+
+
 def test_report():
     """Print the measured errors (pytest -s)."""
     for name in sorted(MEASURED):

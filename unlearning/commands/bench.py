@@ -135,7 +135,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 class Bench:
     """A built problem: everything `bilevel.profile` needs, on the device, plus how to describe it."""
 
-    problem: Any
+    problem: Any  # a bilevel.BilevelProblem
     inner_init: dict
     outer: dict
     inner_data: Any
@@ -177,7 +177,7 @@ def sizes(args: argparse.Namespace) -> tuple[int, int]:
             f"got {outer}"
         )
     if args.problem == "mlp-reweight":
-        pool = _digits_pool_size(args.seed)
+        pool = _digits(args.seed).train.x.shape[0]
         if outer > pool:
             raise CLIError(f"argument --outer-dim: at most {pool} training digits, got {outer}")
     return dim, outer
@@ -199,10 +199,12 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], int, int]:
             f"argument --reference: unknown {args.reference!r}; choose {', '.join(REFERENCES)} or a solver "
             f"name ({', '.join(SOLVERS)})"
         )
-    if ref == "closed-form" and args.problem == "mlp-reweight":
+    if ref == "closed-form" and mlp:
         raise CLIError(
             "argument --reference: mlp-reweight has no closed form; use auto, exact or a solver name"
         )
+    if ref == "auto":  # the closed form where there is one; the MLP: the full unroll of the same steps
+        ref = "unrolled" if mlp else "closed-form"
     args.reference = ref
     check_device(args)
     dim, outer = sizes(args)
@@ -213,8 +215,9 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], int, int]:
 
 
 def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device: Any) -> Bench:
-    """The problem on ``device``: data reaches the losses as batches (``[batch]``, a fixed batch), so the
-    same code runs on the CPU and on CUDA."""
+    """The problem on ``device``, from `bilevel.problems`: the closed-form ones take their data as batches
+    (``[batch]``, a fixed batch), so the same code runs on the CPU and on CUDA; the quadratic has no data
+    and is built on the device."""
     import torch
 
     from bilevel import problems
@@ -222,9 +225,8 @@ def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device:
 
     if name == "mlp-reweight":
         return _mlp_reweight(dim, outer_dim, seed=seed, dtype=dtype, device=device)
-    f64 = torch.float64
 
-    def make(dt: Any) -> Any:
+    def make(dt: Any, on: Any = None) -> Any:
         if name == "ridge":
             n, m = max(4 * dim, 100), max(2 * dim, 50)
             return problems.ridge(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
@@ -233,114 +235,70 @@ def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device:
             return problems.logistic(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
         if name == "weighted-ridge":
             return problems.weighted_ridge(n=outer_dim, m=max(outer_dim // 2, 10), p=dim, seed=seed, dtype=dt)
-        return problems.quadratic(dx=outer_dim, dy=dim, seed=seed, dtype=dt)
+        return problems.quadratic(dx=outer_dim, dy=dim, seed=seed, dtype=dt, device=on)
 
-    ref = make(dtype)
-    exact = ref if dtype == f64 else make(f64)
-    closed = exact.hypergrad(exact.outer)
-    d = to_device(dict(ref.data), device)
-    if name == "quadratic":
-        problem, inner_data, outer_data = _quadratic_on(d), None, None
-    else:
-        problem = ref.problem
-        rows = (d["X"], d["y"]) + (
-            (torch.arange(outer_dim, device=device),) if name == "weighted-ridge" else ()
-        )
+    ref = make(dtype, device)
+    exact = ref if dtype == torch.float64 and device.type == "cpu" else make(torch.float64)
+    inner_data = outer_data = None
+    if name != "quadratic":
+        d = to_device(dict(ref.data), device)
+        index = (torch.arange(outer_dim, device=device),) if name == "weighted-ridge" else ()
+        rows = (d["X"], d["y"], *index)
         inner_data, outer_data = [rows], [(d["X_val"], d["y_val"])]
     return Bench(
-        problem=problem,
+        problem=ref.problem,
         inner_init=to_device(ref.inner_init, device),
         outer=to_device(ref.outer, device),
         inner_data=inner_data,
         outer_data=outer_data,
         lr=1.0 / float(ref.L),
-        closed_form=closed,
+        closed_form=exact.hypergrad(exact.outer),
         description=f"{ref!r}, inner lr 1/L = {1.0 / float(ref.L):.4g}",
     )
 
 
-def _quadratic_on(d: dict) -> Any:
-    """`bilevel.problems.quadratic`'s losses over its matrices ``d`` (already on the device)."""
-    from bilevel import BilevelProblem
-
-    A, B, C, a, b = d["A"], d["B"], d["C"], d["a"], d["b"]
-    F, H, K, f_y, h_x = d["F"], d["H"], d["K"], d["f_y"], d["h_x"]
-
-    def inner_loss(inner: dict, outer: dict, batch: Any) -> Any:
-        x, y = outer["x"], inner["y"]
-        return 0.5 * y @ (A @ y) + 0.5 * x @ (B @ x) + x @ (C @ y) + a @ y + b @ x
-
-    def outer_loss(inner: dict, outer: dict, batch: Any) -> Any:
-        x, y = outer["x"], inner["y"]
-        return 0.5 * y @ (F @ y) + 0.5 * x @ (H @ x) + x @ (K @ y) + f_y @ y + h_x @ x
-
-    return BilevelProblem(inner_loss, outer_loss)
-
-
-def _digits_pool_size(seed: int) -> int:
+def _digits(seed: int) -> Any:
     from unlearning import datasets
 
-    return datasets.load("digits", seed=seed).train.x.shape[0]
+    return datasets.load("digits", seed=seed)
 
 
 def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) -> Bench:
-    """Data re-weighting of an MLP 64-H-10 on digits: n training digits, the carved test split as the
-    validation set, per-sample weights σ(x_i) (x ~ N(0, 0.25), seeded):
+    """`bilevel.problems.mlp_reweighting` on digits: n training digits drawn from the training split, the
+    carved test split as the validation set, an MLP 64-H-10, weight decay ``MLP_WEIGHT_DECAY``."""
+    from bilevel.problems import mlp_reweighting
 
-        g(θ, x) = (1/n) Σ_i σ(x_i) CE(f_θ(a_i), b_i) + (wd/2)‖θ‖²,    f(θ) = validation CE.
-    """
-    import torch
-    import torch.nn.functional as Fn
-
-    from bilevel import BilevelProblem
-    from unlearning import datasets
-
-    data = datasets.load("digits", seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(data.train.x.shape[0], generator=gen)[:n]
-    X, y = data.train.x[rows].flatten(1).double(), data.train.y[rows]
-    Xv, yv = data.test.x.flatten(1).double(), data.test.y
-    mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
-    X, Xv = (X - mean) / std, (Xv - mean) / std
-
-    def init(fan_in: int, fan_out: int) -> tuple[Any, Any]:
-        bound = 1.0 / math.sqrt(fan_in)
-        w = (2 * torch.rand(fan_out, fan_in, generator=gen, dtype=torch.float64) - 1) * bound
-        return w, torch.zeros(fan_out, dtype=torch.float64)
-
-    (W1, b1), (W2, b2) = init(64, hidden), init(hidden, 10)
-    logits = 0.5 * torch.randn(n, generator=gen, dtype=torch.float64)
-
-    def on(t: Any) -> Any:
-        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-
-    X, y, Xv, yv = on(X), on(y), on(Xv), on(yv)
-
-    def net(th: dict, A: Any) -> Any:
-        return Fn.linear(Fn.relu(Fn.linear(A, th["W1"], th["b1"])), th["W2"], th["b2"])
-
-    def inner_loss(inner: dict, outer: dict, batch: Any) -> Any:
-        ce = Fn.cross_entropy(net(inner, X), y, reduction="none")
-        decay = sum((p * p).sum() for p in inner.values())
-        return (torch.sigmoid(outer["x"]) * ce).mean() + 0.5 * MLP_WEIGHT_DECAY * decay
-
-    def outer_loss(inner: dict, outer: dict, batch: Any) -> Any:
-        return Fn.cross_entropy(net(inner, Xv), yv)
-
-    d_theta = 64 * hidden + hidden + 10 * hidden + 10
+    data = _digits(seed)
+    inst = mlp_reweighting(
+        data.train.x,
+        data.train.y,
+        data.test.x,
+        data.test.y,
+        n=n,
+        hidden=hidden,
+        weight_decay=MLP_WEIGHT_DECAY,
+        classes=10,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+    )
     return Bench(
-        problem=BilevelProblem(inner_loss, outer_loss),
-        inner_init={k: on(v) for k, v in {"W1": W1, "b1": b1, "W2": W2, "b2": b2}.items()},
-        outer={"x": on(logits)},
+        problem=inst.problem,
+        inner_init=inst.inner_init,
+        outer=inst.outer,
         inner_data=None,
         outer_data=None,
         lr=MLP_LR,
         closed_form=None,
         description=(
-            f"digits MLP 64-{hidden}-10 ({d_theta} inner parameters), {n} re-weighted training digits, "
-            f"{Xv.shape[0]} validation digits, weight decay {MLP_WEIGHT_DECAY}, inner lr {MLP_LR}"
+            f"digits MLP 64-{hidden}-10 ({inst.inner_numel} inner parameters), {n} re-weighted training "
+            f"digits, {inst.task.X_val.shape[0]} validation digits, weight decay {MLP_WEIGHT_DECAY}, "
+            f"inner lr {MLP_LR}"
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------- solvers
 
 
 def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncate: int, damping: float):
@@ -366,6 +324,18 @@ def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncat
     return {n: table[n]() for n in names}
 
 
+def reference_for(name: str, bench: Bench, solvers: dict[str, Any], **solver_kw: Any) -> Any:
+    """`bilevel.profile`'s ``reference`` for ``--reference name`` (``auto`` already resolved): the closed
+    form, None (an exact implicit solve), a profiled solver's name, or one more solver built alike."""
+    if name == "closed-form":
+        return bench.closed_form
+    if name == "exact":
+        return None
+    if name in solvers:
+        return name
+    return make_solvers([name], **solver_kw)[name]
+
+
 # ------------------------------------------------------------------------------------------- running
 
 
@@ -373,27 +343,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bilevel import profile
-    from unlearning.io import write_json, write_text
 
     names, dim, outer_dim = check_args(args)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     device = torch.device(args.device)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     bench = build(args.problem, dim, outer_dim, seed=args.seed, dtype=dtype, device=device)
     truncate = args.truncate or max(1, args.steps // 4)
     kw = dict(lr=bench.lr, steps=args.steps, iters=args.linear_iters, truncate=truncate, damping=args.damping)
     solvers = make_solvers(names, **kw)
-    reference: Any
-    ref_name = args.reference
-    if ref_name == "auto":
-        ref_name = "closed-form" if bench.closed_form is not None else "unrolled"
-    if ref_name == "closed-form":
-        reference = bench.closed_form
-    elif ref_name == "exact":
-        reference = None
-    elif ref_name in solvers:
-        reference = ref_name
-    else:
-        reference = make_solvers([ref_name], **kw)[ref_name]
     print(f"profiling {len(solvers)} solver(s) on {args.problem}: {bench.description}", flush=True)
     prof = profile(
         bench.problem,
@@ -402,11 +359,11 @@ def run(args: argparse.Namespace) -> int:
         bench.outer,
         inner_data=bench.inner_data,
         outer_data=bench.outer_data,
-        reference=reference,
+        reference=reference_for(args.reference, bench, solvers, **kw),
         repeats=args.repeats,
         device=device,
     )
-    if ref_name == "closed-form":
+    if args.reference == "closed-form":
         prof.reference = "closed form (float64)"
     config = {
         "problem": args.problem,
@@ -417,25 +374,28 @@ def run(args: argparse.Namespace) -> int:
         "linear_iters": args.linear_iters,
         "truncate": truncate,
         "damping": args.damping,
-        "reference": ref_name,
+        "reference": args.reference,
         "repeats": args.repeats,
         "dtype": args.dtype,
         "device": str(device),
         "seed": args.seed,
     }
-    out = Path(args.out)
-    report = {
-        "command": command_line(config, out),
-        "config": config,
-        "problem": bench.description,
-        "profile": prof.to_dict(),
-    }
+    write(Path(args.out), config, bench.description, prof)
+    return 0
+
+
+def write(out: Path, config: dict[str, Any], problem: str, prof: Any) -> None:
+    """``bench.json`` (via `unlearning.io`), ``bench.md`` and ``bench.png`` in ``out``; the table on the
+    terminal."""
+    from unlearning.io import write_json, write_text
+
+    report = {"command": command_line(config, out), "config": config, "problem": problem}
+    report["profile"] = prof.to_dict()
     write_json(out / "bench.json", report)
     write_text(out / "bench.md", markdown(report, prof))
-    plot(prof, out / "bench.png", title=f"{args.problem} ({args.dtype}, {device})")
-    print_table(prof, args.problem)
+    plot(prof, out / "bench.png", title=f"{config['problem']} ({config['dtype']}, {config['device']})")
+    print_table(prof, config["problem"])
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
-    return 0
 
 
 def command_line(config: dict[str, Any], out: Path) -> str:
@@ -499,15 +459,9 @@ def indefinite_notes(prof: Any) -> list[str]:
 
 def plot(prof: Any, path: Path, title: str) -> None:
     """Two panels: relative error against median time (log-log), and peak memory per solver."""
-    import io
+    from unlearning.report import pyplot, save_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from unlearning.io import write_atomic
-
+    plt = pyplot()
     ok = [r for r in prof.rows if r.failed is None]
     floor = 1e-17  # an exact 0 error is drawn at the floor
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -539,8 +493,4 @@ def plot(prof: Any, path: Path, title: str) -> None:
     b.invert_yaxis()
     b.set_xlabel(f"peak memory, MiB ({prof.memory_kind})")
     b.set_title("peak memory per hypergradient", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path)

@@ -1,6 +1,7 @@
 """``worstforget hyperclean``: the bi-level engine on bundled data, end to end, in seconds.
 
-Data hyper-cleaning on scikit-learn's digits (`unlearning.cleaning`): 40% of the training labels are flipped,
+Data hyper-cleaning on scikit-learn's digits (`bilevel.problems.cleaning`; this command loads the digits and
+writes the reports): 40% of the training labels are flipped,
 and per-sample weights on the capped simplex {w ∈ [0,1]^n : Σw = k} are learned by projected descent on the
 validation loss with a hypergradient solver (`--solver implicit|unrolled|first_order`). Prints a table and
 writes ``OUT/hyperclean.json``, ``.md`` and ``.png`` atomically.
@@ -24,7 +25,7 @@ Example: worstforget hyperclean --solver implicit --seed 0 --out runs/hyperclean
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from unlearning.cleaning import SOLVERS
+    from bilevel.problems.cleaning import SOLVERS
 
     p = subparsers.add_parser(
         "hyperclean",
@@ -47,9 +48,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def digits() -> tuple[Any, Any]:
+    """scikit-learn's bundled digits (1,797 rows): pixels scaled to [0, 1] (float64), labels (int64)."""
+    import torch
+    from sklearn.datasets import load_digits
 
-    from unlearning.cleaning import run as clean
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X / 16.0, dtype=torch.float64), torch.tensor(y, dtype=torch.int64)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bilevel.problems.cleaning import run as clean
     from unlearning.io import write_json, write_text
     from unlearning.loop import progress_bar
 
@@ -63,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     with bar:
         task = bar.add_task(f"hyper-cleaning ({args.solver})", total=args.steps)
         report = clean(
+            *digits(),
             seed=args.seed,
             noise=args.noise,
             outer_steps=args.steps,
@@ -131,18 +141,13 @@ def print_table(report: dict[str, Any], out: Path) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from unlearning.io import write_atomic
+    """The validation loss, the share of mislabelled examples among the top k per outer step, and the
+    learned weights of clean and mislabelled examples."""
+    from unlearning.report import pyplot, save_figure
 
     curve = report["curve"]
     steps = [c["step"] for c in curve]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, (a, b, c) = pyplot().subplots(1, 3, figsize=(13, 3.6))
     a.plot(steps, [c["val_loss"] for c in curve])
     a.set_xlabel("outer step")
     a.set_ylabel("validation loss F(w)")
@@ -156,8 +161,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
     c.hist([x for x, m in zip(w, bad) if m], bins=20, alpha=0.7, label="mislabelled")
     c.set_xlabel("learned weight w_i")
     c.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path)
