@@ -5,8 +5,8 @@ For each solver, on one problem and one outer point:
 - **time**: wall-clock seconds of ``solver.hypergrad(...)`` (inner solve included), median over
   ``repeats`` calls after ``warmup`` untimed ones, with the min and max as the spread. Calls are interleaved
   (one call of every solver per round, the order rotating), so a change of machine load hits every solver
-  alike; CUDA kernels are synchronised before the clock stops. Solvers with ``reset()`` (`Implicit`'s warm
-  start) are reset before every call, so every repeat does the same work.
+  alike; CUDA kernels are synchronised before the clock stops. Every call starts with ``solver.reset()``
+  (`Solver.reset`: `Implicit` forgets its warm start), so every repeat does the same work.
 - **peak memory**, above what was allocated when the call started. On CUDA,
   ``torch.cuda.max_memory_allocated`` over the timed calls (``memory_kind="cuda_max_memory_allocated"``).
   On the CPU, the peak of torch's CPU allocator during one extra, untimed call, summed from the torch
@@ -25,7 +25,7 @@ For each solver, on one problem and one outer point:
     point is used as it is and H v = ∂_θ f is solved by `CG` to a relative residual of 1e-10 (1e-5 below
     float64), which needs a positive-definite Hessian there; ``reference_info`` gives the point's ‖∇_θ g‖.
     Like `check_hypergrad` it uses the first batch of each data argument;
-  - a solver (anything with ``hypergrad``): called once, with the same arguments;
+  - a solver (a `bilevel.Solver`): called once, with the same arguments;
   - the name of one of ``solvers``: that row's hypergradient (no extra call);
   - a dict of tensors shaped like ``outer``: a known ∇F (a closed form).
 """
@@ -48,11 +48,12 @@ from torch import Tensor
 
 from . import tree
 from .check import newton_inner
-from .hypergrad import Hypergrad, positive_int, validate_call
+from .hypergrad import Hypergrad, Solver, validate_call
 from .implicit import implicit_from_solution
 from .linear_solvers import CG, Direct, IndefiniteHessianError
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params
+from .validate import positive_int
 
 DENSE_MAX = 2048  # inner entries up to which the default reference uses Newton + a dense solve
 _INFO_KEYS = (
@@ -329,7 +330,7 @@ def default_reference(
 # ------------------------------------------------------------------------------------------- profile
 
 
-def _named(solvers: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+def _named(solvers: Mapping[str, Solver] | Sequence[Solver]) -> dict[str, Solver]:
     if isinstance(solvers, Mapping):
         named = dict(solvers)
     elif isinstance(solvers, Sequence) and not isinstance(solvers, (str, bytes)):
@@ -352,16 +353,16 @@ def _named(solvers: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
     for name, s in named.items():
         if not isinstance(name, str):
             raise TypeError(f"solvers: names must be strings, got {name!r}")
-        if not callable(getattr(s, "hypergrad", None)):
+        if not isinstance(s, Solver):
             raise TypeError(
                 f"solvers[{name!r}] is a {type(s).__name__}, not a solver: pass a bilevel solver such as "
-                "Unrolled(...), Implicit(...), Forward(...) or FirstOrder(...) (anything with .hypergrad)"
+                "Unrolled(...), Implicit(...), Forward(...) or FirstOrder(...) (a bilevel.Solver)"
             )
     return named
 
 
-def _check_reference(reference: Any, named: dict[str, Any], outer: Params) -> None:
-    if reference is None or callable(getattr(reference, "hypergrad", None)):
+def _check_reference(reference: Any, named: dict[str, Solver], outer: Params) -> None:
+    if reference is None or isinstance(reference, Solver):
         return
     if isinstance(reference, str):
         if reference not in named:
@@ -376,7 +377,7 @@ def _check_reference(reference: Any, named: dict[str, Any], outer: Params) -> No
             )
         return
     raise TypeError(
-        f"reference must be None (an exact implicit solve), a solver (with .hypergrad), the name of one "
+        f"reference must be None (an exact implicit solve), a solver (a bilevel.Solver), the name of one "
         f"of the solvers, or a dict of tensors shaped like outer (a known hypergradient); got "
         f"{type(reference).__name__}"
     )
@@ -398,15 +399,34 @@ def _scalars(info: Mapping[str, Any]) -> dict[str, Any]:
     return {k: info[k] for k in _INFO_KEYS if k in info and isinstance(info[k], (int, float, str, bool))}
 
 
+@dataclass(frozen=True)
+class _Call:
+    """The one call every solver makes: ``solver.hypergrad(problem, inner_init, outer, inner_data,
+    outer_data)`` on ``device``, after ``solver.reset()`` (so every repeat does the same work)."""
+
+    problem: BilevelProblem
+    inner_init: Params
+    outer: Params
+    inner_data: Data
+    outer_data: Data
+    device: torch.device
+
+    def __call__(self, solver: Solver) -> Hypergrad:
+        solver.reset()
+        return solver.hypergrad(
+            self.problem, self.inner_init, self.outer, inner_data=self.inner_data, outer_data=self.outer_data
+        )
+
+
 def profile(
     problem: BilevelProblem,
-    solvers: Mapping[str, Any] | Sequence[Any],
+    solvers: Mapping[str, Solver] | Sequence[Solver],
     inner_init: Params,
     outer: Params,
     *,
     inner_data: Data = None,
     outer_data: Data = None,
-    reference: Any = None,
+    reference: Solver | str | Mapping[str, Tensor] | None = None,
     repeats: int = 5,
     warmup: int = 1,
     device: str | torch.device | None = None,
@@ -424,7 +444,49 @@ def profile(
     ``warmup``: untimed calls per solver before the timed ones; the first call, whose hypergradient is
     reported, is always made, so ``warmup=0`` and ``warmup=1`` both leave one untimed call.
     Deterministic data (None, a list of batches, a callable step -> batch) makes every repeat the same call.
+
+    The steps: check the arguments and place the data (`_set_up`); the first call of every solver, which
+    gives its hypergradient (`_first_calls`); the rest of the warm-up; the CPU memory peaks (`_cpu_peaks`);
+    the interleaved timed rounds (`_timed_rounds`); the reference (`_reference`); the rows (`_rows`).
     """
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"on_error must be 'record' or 'raise', got {on_error!r}")
+    named, call = _set_up(
+        problem, solvers, inner_init, outer, inner_data, outer_data, reference, repeats, warmup, device
+    )
+    results, failed = _first_calls(named, call, raise_errors=on_error == "raise")
+    live = {name: named[name] for name in named if name in results}
+    for _ in range(warmup - 1):
+        for solver in live.values():
+            call(solver)
+    peaks, memory_kind = _cpu_peaks(live, call)
+    times = _timed_rounds(live, call, repeats, peaks)
+    ref_grad, ref_info, ref_label = _reference(reference, results, call)
+    return Profile(
+        rows=_rows(named, results, failed, times, peaks, ref_grad),
+        reference=ref_label,
+        reference_info=ref_info,
+        memory_kind=memory_kind,
+        device=str(call.device),
+        repeats=repeats,
+        warmup=warmup,
+        machine=machine_info(call.device),
+    )
+
+
+def _set_up(
+    problem: BilevelProblem,
+    solvers: Mapping[str, Solver] | Sequence[Solver],
+    inner_init: Params,
+    outer: Params,
+    inner_data: Data,
+    outer_data: Data,
+    reference: Any,
+    repeats: int,
+    warmup: int,
+    device: str | torch.device | None,
+) -> tuple[dict[str, Solver], _Call]:
+    """The checked arguments: the named solvers, and the call with its data placed on the device."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(
             f"problem must be a BilevelProblem(inner_loss, outer_loss), got {type(problem).__name__}"
@@ -432,59 +494,80 @@ def profile(
     named = _named(solvers)
     positive_int(repeats, "repeats")
     positive_int(warmup, "warmup", allow_zero=True)
-    if on_error not in ("record", "raise"):
-        raise ValueError(f"on_error must be 'record' or 'raise', got {on_error!r}")
     dev = _resolve_device(device, outer)
     if device is not None:
         inner_init, outer = to_device(inner_init, dev), to_device(outer, dev)
         inner_data, outer_data = to_device(inner_data, dev), to_device(outer_data, dev)
     validate_call(problem, inner_init, outer)
     _check_reference(reference, named, outer)
+    return named, _Call(problem, inner_init, outer, inner_data, outer_data, dev)
 
-    def call(solver: Any) -> Hypergrad:
-        if callable(getattr(solver, "reset", None)):
-            solver.reset()
-        return solver.hypergrad(problem, inner_init, outer, inner_data=inner_data, outer_data=outer_data)
 
+def _first_calls(
+    named: dict[str, Solver], call: _Call, *, raise_errors: bool
+) -> tuple[dict[str, Hypergrad], dict[str, BaseException]]:
+    """One call per solver, in order: its hypergradient, or the exception it raised (re-raised with
+    ``raise_errors``, or when every solver fails: the first error)."""
     results: dict[str, Hypergrad] = {}
     failed: dict[str, BaseException] = {}
-    for name, solver in named.items():  # the first call: the result, and the warm-up
+    for name, solver in named.items():
         try:
             results[name] = call(solver)
         except Exception as exc:  # noqa: BLE001 -- recorded in the row (on_error="record")
-            if on_error == "raise":
+            if raise_errors:
                 raise
             failed[name] = exc
     if not results:
         raise next(iter(failed.values()))
-    live = [n for n in named if n in results]
-    for _ in range(warmup - 1):
-        for name in live:
-            call(named[name])
+    return results, failed
 
-    memory_kind = "cuda_max_memory_allocated" if dev.type == "cuda" else "cpu_allocator_peak"
+
+def _cpu_peaks(live: dict[str, Solver], call: _Call) -> tuple[dict[str, int | None], str]:
+    """On the CPU, the allocator peak of one extra untimed call per solver (`cpu_allocator_peak`); on CUDA
+    nothing yet (`_timed_rounds` reads the CUDA peaks). Returns (peaks, memory_kind)."""
+    if call.device.type == "cuda":
+        return {}, "cuda_max_memory_allocated"
     peaks: dict[str, int | None] = {}
-    if dev.type != "cuda":
-        for name in live:
-            peaks[name], memory_kind = cpu_allocator_peak(lambda s=named[name]: call(s))
-    times: dict[str, list[float]] = {name: [] for name in live}
+    memory_kind = "cpu_allocator_peak"
+    for name, solver in live.items():
+        peaks[name], memory_kind = cpu_allocator_peak(lambda s=solver: call(s))
+    return peaks, memory_kind
+
+
+def _timed_rounds(
+    live: dict[str, Solver], call: _Call, repeats: int, peaks: dict[str, int | None]
+) -> dict[str, list[float]]:
+    """``repeats`` rounds, each calling every solver once in a rotating order; wall seconds per call (CUDA
+    synchronised before the clock starts and stops). On CUDA, each solver's largest
+    ``max_memory_allocated`` above the start of its call goes into ``peaks``."""
+    dev = call.device
+    names = list(live)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in live[r % len(live) :] + live[: r % len(live)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             synchronize(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
                 base = torch.cuda.memory_allocated(dev)
             start = time.perf_counter()
-            call(named[name])
+            call(live[name])
             synchronize(dev)
             times[name].append(time.perf_counter() - start)
             if dev.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(dev) - base
                 peaks[name] = max(peaks.get(name) or 0, peak)
+    return times
 
-    ref_grad, ref_info, ref_label = _reference(
-        reference, named, results, problem, inner_init, outer, inner_data, outer_data
-    )
+
+def _rows(
+    named: dict[str, Solver],
+    results: dict[str, Hypergrad],
+    failed: dict[str, BaseException],
+    times: dict[str, list[float]],
+    peaks: dict[str, int | None],
+    ref_grad: Params,
+) -> list[ProfileRow]:
+    """One `ProfileRow` per solver, in the order given; a failed solver's row carries its exception."""
     rows = []
     for name, solver in named.items():
         if name in failed:
@@ -510,31 +593,18 @@ def profile(
                 info=_scalars(hg.info),
             )
         )
-    return Profile(
-        rows=rows,
-        reference=ref_label,
-        reference_info=ref_info,
-        memory_kind=memory_kind,
-        device=str(dev),
-        repeats=repeats,
-        warmup=warmup,
-        machine=machine_info(dev),
-    )
+    return rows
 
 
 def _reference(
-    reference: Any,
-    named: dict[str, Any],
+    reference: Solver | str | Mapping[str, Tensor] | None,
     results: dict[str, Hypergrad],
-    problem: BilevelProblem,
-    inner_init: Params,
-    outer: Params,
-    inner_data: Data,
-    outer_data: Data,
+    call: _Call,
 ) -> tuple[Params, dict[str, Any], str]:
+    """(g_ref, its diagnostics, its label) for ``reference`` (see the module docstring)."""
     if reference is None:
         best = min(results.values(), key=lambda hg: _stationarity(hg))
-        grad, info = default_reference(problem, best.inner, outer, inner_data, outer_data)
+        grad, info = default_reference(call.problem, best.inner, call.outer, call.inner_data, call.outer_data)
         return grad, info, f"exact implicit ({info['method']})"
     if isinstance(reference, str):
         if reference not in results:
@@ -542,9 +612,7 @@ def _reference(
         return results[reference].grad, _scalars(results[reference].info), f"solver {reference!r}"
     if isinstance(reference, Mapping):
         return dict(reference), {}, "given hypergradient"
-    if callable(getattr(reference, "reset", None)):
-        reference.reset()
-    hg = reference.hypergrad(problem, inner_init, outer, inner_data=inner_data, outer_data=outer_data)
+    hg = call(reference)
     return hg.grad, _scalars(hg.info), repr(reference)
 
 
