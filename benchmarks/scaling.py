@@ -231,6 +231,61 @@ def target_checkpoint(
     return out
 
 
+def _equal_error_search(
+    r: Ref, inner_solvers: dict[str, Any], err_unrolled: float
+) -> tuple[dict[str, tuple[int, int, Callable[[], Tensor], float]], list[dict[str, Any]]]:
+    """Per inner solver, the first (S, K) (S growing, then K) whose `Implicit` CG hypergradient error is at
+    most ``err_unrolled``: ``{label: (S, K, fn, error)}``, and every (S, K) tried with its error."""
+    candidates: dict[str, tuple[int, int, Callable[[], Tensor], float]] = {}
+    tried = []
+    for label, inner_opt in inner_solvers.items():
+        for S in sorted({max(5, r.T * k // 10) for k in range(1, 11)}):
+            found = None
+            for K in (5, 10, 20, 40):
+                fn = _ref_call(r, Implicit(inner_opt, S, CG(max_iter=K, tol=0.0), warm_start=False))
+                err = r.error(fn())
+                tried.append({"inner": label, "S": S, "K": K, "rel_error": err})
+                if err <= err_unrolled:
+                    found = (S, K, fn, err)
+                    break
+            if found:
+                candidates[label] = found
+                break
+    return candidates, tried
+
+
+def _race_with_unrolled(
+    r: Ref,
+    device: torch.device,
+    rounds: int,
+    budget_s: float,
+    implicit: Callable[[], Tensor],
+    unrolled: Callable[[], Tensor],
+    inner_opt: Any,
+    S: int,
+) -> dict[str, Any]:
+    """The equal-error `Implicit` raced against the full unroll and against its own S inner steps alone:
+    the speed-up over the unroll, both medians, and the inner loop's share of the implicit time."""
+    pair = {
+        "ours Implicit (equal error)": implicit,
+        "ours Unrolled": unrolled,
+        "inner loop alone (S steps)": lambda: run_inner(
+            r.problem, inner_opt, r.inner_init, r.outer, DataStream(None), start=0, stop=S
+        )[0]["w"],
+    }
+    res = race(pair, rounds, device, budget_s=budget_s / 2, min_rounds=3)
+    return {
+        "speedup_over_unrolled": 1.0 / res.paired_ratio("ours Implicit (equal error)", "ours Unrolled"),
+        "implicit_median_s": res.median("ours Implicit (equal error)"),
+        "unrolled_median_s": res.median("ours Unrolled"),
+        # What the implicit time is made of: the S inner steps it must take before its linear solve.
+        "inner_alone_median_s": res.median("inner loop alone (S steps)"),
+        "inner_share_of_implicit": res.paired_ratio(
+            "inner loop alone (S steps)", "ours Implicit (equal error)"
+        ),
+    }
+
+
 def target_implicit(
     r: Ref, device: torch.device, timed: bool, rounds: int, budget_s: float
 ) -> dict[str, Any]:
@@ -248,21 +303,7 @@ def target_implicit(
         "gradient descent": sgd,
         "Nesterov": optim.SGD(lr=r.lr, momentum=(root - 1) / (root + 1), nesterov=True),
     }
-    candidates: dict[str, tuple[int, int, Callable[[], Tensor], float]] = {}
-    tried = []
-    for label, inner_opt in inner_solvers.items():
-        for S in sorted({max(5, r.T * k // 10) for k in range(1, 11)}):
-            found = None
-            for K in (5, 10, 20, 40):
-                fn = _ref_call(r, Implicit(inner_opt, S, CG(max_iter=K, tol=0.0), warm_start=False))
-                err = r.error(fn())
-                tried.append({"inner": label, "S": S, "K": K, "rel_error": err})
-                if err <= err_unrolled:
-                    found = (S, K, fn, err)
-                    break
-            if found:
-                candidates[label] = found
-                break
+    candidates, tried = _equal_error_search(r, inner_solvers, err_unrolled)
     # the cheapest candidate by work: S inner gradients + K HVPs (an HVP costs about two gradients)
     chosen_label = min(candidates, key=lambda k: candidates[k][0] + 2 * candidates[k][1], default=None)
     chosen = candidates.get(chosen_label) if chosen_label else None
@@ -297,23 +338,9 @@ def target_implicit(
     out["ratio_to_torchopt"] = res.paired_ratio("ours Implicit CG", "torchopt custom_root")
     checks = [out["ratio_to_torchopt"] <= 1.0]
     if chosen is not None:
-        S = chosen[0]
-        inner_opt_chosen = inner_solvers[chosen_label]
-        pair = {
-            "ours Implicit (equal error)": chosen[2],
-            "ours Unrolled": unrolled,
-            "inner loop alone (S steps)": lambda: run_inner(
-                r.problem, inner_opt_chosen, r.inner_init, r.outer, DataStream(None), start=0, stop=S
-            )[0]["w"],
-        }
-        res2 = race(pair, rounds, device, budget_s=budget_s / 2, min_rounds=3)
-        out["speedup_over_unrolled"] = 1.0 / res2.paired_ratio("ours Implicit (equal error)", "ours Unrolled")
-        out["implicit_median_s"] = res2.median("ours Implicit (equal error)")
-        out["unrolled_median_s"] = res2.median("ours Unrolled")
-        # What the implicit time is made of: the S inner steps it must take before its linear solve.
-        out["inner_alone_median_s"] = res2.median("inner loop alone (S steps)")
-        out["inner_share_of_implicit"] = res2.paired_ratio(
-            "inner loop alone (S steps)", "ours Implicit (equal error)"
+        inner_opt = inner_solvers[chosen_label]
+        out.update(
+            _race_with_unrolled(r, device, rounds, budget_s, chosen[2], unrolled, inner_opt, chosen[0])
         )
         checks.append(out["speedup_over_unrolled"] >= 2.0)
     else:

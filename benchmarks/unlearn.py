@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from bilevel import Solver
 from bilevel.inner import run_inner
 from bilevel.problem import DataStream
 
@@ -25,18 +26,32 @@ def prepared(device: torch.device) -> Any:
     return prepare(*SETUP, seed=0, device=device)
 
 
-class _Recorder:
+class _Recorder(Solver):
     """Wraps the search's solver. Before each hypergradient call it re-runs the lower level's K steps alone
     (no graph; same problem, optimizer, start point, outer point and data) and records how long that took,
-    so the lower level's time is measured next to each step, under the same load."""
+    so the lower level's time is measured next to each step, under the same load. A `bilevel.Solver` (the
+    search takes no other), delegating ``optimizer``, ``steps``, ``batches_per_call`` and ``reset`` to the
+    wrapped one."""
 
-    def __init__(self, solver: Any, inner_steps: int) -> None:
+    def __init__(self, solver: Solver, inner_steps: int) -> None:
         self._solver = solver
         self._k = inner_steps
         self.lower_s: list[float] = []
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._solver, name)
+    @property
+    def optimizer(self) -> Any:  # type: ignore[override]
+        return self._solver.optimizer
+
+    @property
+    def steps(self) -> int:  # type: ignore[override]
+        return self._solver.steps
+
+    @property
+    def batches_per_call(self) -> int:
+        return self._solver.batches_per_call
+
+    def reset(self) -> None:
+        self._solver.reset()
 
     def hypergrad(
         self, problem: Any, inner_init: Any, outer: Any, inner_data: Any = None, outer_data: Any = None
@@ -47,6 +62,9 @@ class _Recorder:
         run_inner(problem, self._solver.optimizer, theta, lam, DataStream(inner_data), start=0, stop=self._k)
         self.lower_s.append(time.perf_counter() - start)
         return self._solver.hypergrad(problem, inner_init, outer, inner_data, outer_data)
+
+    def _step(self, call: Any) -> Any:  # never reached: hypergrad is the wrapped solver's
+        raise NotImplementedError("_Recorder.hypergrad delegates to the wrapped solver")
 
 
 def search_timing(p: Any, mode: str, upper_steps: int, inner_steps: int) -> dict[str, Any]:
