@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..constraints import CappedSimplex, top_k
 from ..first_order import FirstOrder
-from ..hypergrad import Hypergrad
+from ..hypergrad import Hypergrad, Solver
 from ..implicit import Implicit
 from ..inner import solve_inner
 from ..linear_solvers import CG
@@ -119,7 +119,9 @@ def accuracy(theta: dict[str, Tensor], x: Tensor, y: Tensor) -> float:
     return float(((x @ theta["W"] + theta["b"]).argmax(1) == y).double().mean() * 100)
 
 
-def make_solver(name: str, inner_steps: int) -> Any:
+def make_solver(name: str, inner_steps: int) -> Solver:
+    """The hypergradient solver ``name`` (one of `SOLVERS`), every one with ``inner_steps`` heavy-ball steps
+    (lr 1, momentum 0.9) on the inner problem."""
     opt = SGD(lr=1.0, momentum=0.9)
     if name == "implicit":
         return Implicit(opt, steps=inner_steps, linear_solver=CG(max_iter=50, tol=1e-8))

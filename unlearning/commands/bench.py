@@ -9,9 +9,12 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearning.commands import CLIError, check_at_least_one, check_device
+
+if TYPE_CHECKING:
+    from bilevel import Solver
 
 PROBLEMS = ("ridge", "weighted-ridge", "logistic", "quadratic", "mlp-reweight")
 # problem -> (default --dim, default --outer-dim, what the two sizes are)
@@ -301,7 +304,9 @@ def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) ->
 # ------------------------------------------------------------------------------------------- solvers
 
 
-def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncate: int, damping: float):
+def make_solvers(
+    names: list[str], *, lr: float, steps: int, iters: int, truncate: int, damping: float
+) -> dict[str, Solver]:
     """Solver name -> solver object, every one with ``steps`` inner SGD steps of learning rate ``lr``."""
     from bilevel import CG, Direct, FirstOrder, FixedPoint, Forward, Implicit, Neumann, Unrolled, optim
 
@@ -324,7 +329,7 @@ def make_solvers(names: list[str], *, lr: float, steps: int, iters: int, truncat
     return {n: table[n]() for n in names}
 
 
-def reference_for(name: str, bench: Bench, solvers: dict[str, Any], **solver_kw: Any) -> Any:
+def reference_for(name: str, bench: Bench, solvers: dict[str, Solver], **solver_kw: Any) -> Any:
     """`bilevel.profile`'s ``reference`` for ``--reference name`` (``auto`` already resolved): the closed
     form, None (an exact implicit solve), a profiled solver's name, or one more solver built alike."""
     if name == "closed-form":
