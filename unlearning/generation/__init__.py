@@ -1,9 +1,9 @@
 """Unlearning in class-conditional image generation (issue 11).
 
-A diffusion model conditioned through cross-attention on learned class tokens (`model`), its maths (`diffusion`),
-training with caching (`train`), the judge classifier and metrics (`judge`, `metrics`), image grids (`grid`);
-the unlearning methods and the worst-case class live beside them. Built on ``diffusers``; imported only by
-``unlearning`` code, never by ``bilevel`` or ``attacks``.
+A diffusion model conditioned through cross-attention on learned class tokens (`model`), its maths
+(`diffusion`), training with caching (`train`), the judge classifier and metrics (`judge`, `metrics`), image
+grids (`grid`); the unlearning methods and the worst-case class live beside them. Built on ``diffusers``;
+imported only by ``unlearning`` code, never by ``bilevel`` or ``attacks``.
 """
 
 from .diffusion import add_noise, diffusion_loss, guided_eps, sample

@@ -67,7 +67,11 @@ def diffusion_loss(
     z0 = model.encode(x0)
     if t is None:
         t = sample_timesteps(
-            z0.shape[0], generator=generator, antithetic=antithetic, device=z0.device, T=model.num_train_timesteps
+            z0.shape[0],
+            generator=generator,
+            antithetic=antithetic,
+            device=z0.device,
+            T=model.num_train_timesteps,
         )
     if noise is None:
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)

@@ -3,10 +3,10 @@
 As in the published evaluation (a classifier trained on the same data labels the generated images), here an
 MLP ``x ↦ W₃ relu(W₂ relu(W₁ vec(x)))`` (hidden widths 256, 128) trained on the real training images of the
 dataset with cross-entropy, Adam, and Gaussian-noise augmentation x + σ·ξ, σ ~ U(0, ``noise``), ξ ~ N(0, I),
-clamped to [0, 1], so that mild sampling speckle does not change its verdict (an RBF SVC on clean digits labels
-speckled but recognisable samples as the wrong class). Its 128-dimensional penultimate activations are the
-feature space of `metrics.fid` (not Inception: no Inception weights can be downloaded here). It never sees a
-generated image in training, and it is trained on all classes (it must recognise the forgotten one).
+clamped to [0, 1], so that mild sampling speckle does not change its verdict. Its 128-dimensional penultimate
+activations are the feature space of `metrics.fid` (not Inception: no Inception weights can be downloaded
+here). It never sees a generated image in training, and it is trained on all classes (it must recognise the
+forgotten one). docs/generation.md compares its verdicts with an RBF SVC's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class JudgeConfig:
 
 
 class Judge(nn.Module):
-    """MLP classifier with a feature map: ``features(x)`` (penultimate activations) and ``forward`` (logits)."""
+    """MLP classifier with a feature map: ``features(x)`` (penultimate activations), ``forward`` (logits)."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, hidden: tuple[int, int]) -> None:
         super().__init__()
@@ -70,7 +70,7 @@ class Judge(nn.Module):
 
 
 def train_judge(data: ArrayData, num_classes: int, config: JudgeConfig | None = None, device="cpu") -> Judge:
-    """Fit a `Judge` on real images ``data`` (x in [0, 1]) with noise augmentation; returns it in eval mode."""
+    """Fit a `Judge` on real images ``data`` (x in [0, 1]) with noise augmentation; returned in eval mode."""
     config = config or JudgeConfig()
     gen = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):

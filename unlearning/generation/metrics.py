@@ -59,7 +59,9 @@ def unlearning_accuracy(judge, images: Tensor, forget_class: int) -> float:
 def features(judge, images: Tensor, batch_size: int = 1024) -> Tensor:
     """φ(x) for every image, float64."""
     judge.eval()
-    return torch.cat([judge.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).double()
+    return torch.cat(
+        [judge.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    ).double()
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -98,15 +100,18 @@ def evaluate_generation(
     seed: int = 0,
 ) -> GenerationMetrics:
     """Generate ``per_class`` images of every class (DDIM ``steps``, guidance ``guidance``, noise seeded by
-    ``seed``) and score them: UA over the forgotten classes (None when there are none), accuracy and FID (against
-    the ``real`` images of the same classes) over the remaining ones. ``images`` is (K, per_class, C, H, W)."""
+    ``seed``) and score them: UA over the forgotten classes (None when there are none), accuracy and FID
+    (against the ``real`` images of the same classes) over the remaining ones; ``images`` is
+    (K, per_class, C, H, W)."""
     forget = tuple(sorted({int(c) for c in forget_classes}))
     k = model.num_classes
     if any(not 0 <= c < k for c in forget):
         raise ValueError(f"forget_classes: {forget} must lie in [0, {k - 1}]")
     labels = torch.arange(k).repeat_interleave(per_class)
     start = time.perf_counter()
-    images = sample(model, labels, steps=steps, guidance=guidance, generator=torch.Generator().manual_seed(seed))
+    images = sample(
+        model, labels, steps=steps, guidance=guidance, generator=torch.Generator().manual_seed(seed)
+    )
     seconds = time.perf_counter() - start
     images = images.cpu()
     preds = judge.predict(images.to(_device(judge))).cpu().view(k, per_class)
@@ -119,7 +124,14 @@ def evaluate_generation(
     dev = _device(judge)
     value = fid(judge, gen_remain.to(dev), real_remain.to(dev)) if remain else float("nan")
     return GenerationMetrics(
-        ua, remain_acc, value, per_class_acc, forget, per_class, seconds, images.view(k, per_class, *images.shape[1:])
+        ua,
+        remain_acc,
+        value,
+        per_class_acc,
+        forget,
+        per_class,
+        seconds,
+        images.view(k, per_class, *images.shape[1:]),
     )
 
 

@@ -38,10 +38,10 @@ class UNetConfig:
     num_classes: int = 10
     image_shape: tuple[int, int, int] = (1, 8, 8)
     sample_size: int = 8
-    block_out_channels: tuple[int, ...] = (64, 128)
-    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    block_out_channels: tuple[int, ...] = (32, 64)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D")
     layers_per_block: int = 1
-    cross_attention_dim: int = 64
+    cross_attention_dim: int = 32
     context_tokens: int = 1
     start_token: bool = True
     attention_head_dim: int = 32
@@ -53,10 +53,18 @@ class UNetConfig:
         c, h, w = self.image_shape
         _check(self.sample_size >= max(h, w), "sample_size", f"must be at least the image side {max(h, w)}")
         levels = len(self.block_out_channels)
-        _check(levels == len(self.down_block_types), "down_block_types", "needs one entry per block_out_channels")
-        _check(self.sample_size % 2 ** (levels - 1) == 0, "sample_size", f"must be divisible by 2^{levels - 1}")
+        _check(
+            levels == len(self.down_block_types), "down_block_types", "needs one entry per block_out_channels"
+        )
+        _check(
+            self.sample_size % 2 ** (levels - 1) == 0, "sample_size", f"must be divisible by 2^{levels - 1}"
+        )
         for n in self.block_out_channels:
-            _check(n % self.norm_num_groups == 0, "block_out_channels", f"must be multiples of {self.norm_num_groups}")
+            _check(
+                n % self.norm_num_groups == 0,
+                "block_out_channels",
+                f"must be multiples of {self.norm_num_groups}",
+            )
         for name in self.down_block_types:
             _check(name in _UP, "down_block_types", f"choose from {sorted(_UP)}")
         _check(self.context_tokens >= 1 and self.cross_attention_dim >= 1, "context_tokens", "must be >= 1")
@@ -117,14 +125,18 @@ class ConditionalDiffusion(nn.Module):
         labels = torch.as_tensor(labels, device=self.tokens.weight.device).long().reshape(-1)
         bad = (labels < -1) | (labels > self.num_classes)
         if bool(bad.any()):
-            raise ValueError(f"labels: must lie in [-1, {self.num_classes}] (-1 or {self.num_classes} = null)")
+            raise ValueError(
+                f"labels: must lie in [-1, {self.num_classes}] (-1 or {self.num_classes} = null)"
+            )
         labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
         ctx = self.tokens(labels).view(-1, self.context_tokens, self.cross_attention_dim)
         if self.start is None:
             return ctx
         return torch.cat([self.start.view(1, 1, -1).expand(ctx.shape[0], 1, -1), ctx], dim=1)
 
-    def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:
         """ε̂ = ε_θ(x_t, t, context); give exactly one of ``labels`` (mapped by `context`) or ``context``."""
         if (labels is None) == (context is None):
             raise ValueError("forward: give exactly one of labels= or context=")
@@ -198,11 +210,11 @@ def sd_layout_unet(
     context_tokens: int = 2,
     seed: int = 0,
 ) -> ConditionalDiffusion:
-    """A tiny randomly initialised UNet with Stable Diffusion's block layout, wrapped the same way (for tests).
+    """A tiny randomly initialised UNet with Stable Diffusion's block layout, wrapped the same way (tests).
 
     SD v1: ``CrossAttnDownBlock2D`` ×3 + ``DownBlock2D``, a cross-attention mid block, the mirrored up blocks,
-    2 layers per block; here channels (c, 2c, 4c, 4c) instead of (320, 640, 1280, 1280), ``sample_size`` 16 (8x8
-    images are padded) so that the three downsamplings stay ≥ 2 pixels.
+    2 layers per block; here channels (c, 2c, 4c, 4c) instead of (320, 640, 1280, 1280), ``sample_size`` 16
+    (8x8 images are padded) so that the three downsamplings stay ≥ 2 pixels.
     """
     config = UNetConfig(
         num_classes=num_classes,

@@ -2,12 +2,12 @@
 
 Recipe (the published DDPM code's, sized for a CPU): minimise `diffusion_loss` (ε prediction, linear β
 schedule) with the class label replaced by ∅ with probability ``label_dropout`` = 0.1; Adam (learning rate
-``lr`` after a linear warm-up of ``warmup`` steps), gradient norm clipped to ``grad_clip`` = 1.0; an exponential
-moving average of the weights θ̄ ← d·θ̄ + (1 − d)·θ with d = min(``ema_decay``, (1 + n) / (10 + n)) at step n
-(the warm-up keeps the average from being mostly the random initialisation in a short run). `train` returns
-the EMA model. `load_or_train` caches it like the classifiers (`unlearning.cache`: atomic, keyed by the
-dataset, a fingerprint of the training data, the full config and the device type); ``exclude_classes`` trains
-without those classes (the Retrain reference of class forgetting).
+``lr`` after a linear warm-up of ``warmup`` steps), gradient norm clipped to ``grad_clip`` = 1.0; an
+exponential moving average of the weights θ̄ ← d·θ̄ + (1 − d)·θ with d = min(``ema_decay``, (1 + n)/(10 + n))
+at step n (the warm-up keeps the average from being mostly the random initialisation in a short run).
+`train` returns the EMA model. `load_or_train` caches it like the classifiers (`unlearning.cache`: atomic,
+keyed by the dataset, a fingerprint of the training data, the full config and the device type);
+``exclude_classes`` trains without those classes (the Retrain reference of class forgetting).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TrainConfig:
     """Everything that determines a trained diffusion model (frozen; ``asdict`` is its cache key)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 100
@@ -46,7 +46,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name}: must be a positive integer, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"TrainConfig.{name}: must be a positive integer, got {getattr(self, name)!r}"
+                )
         if not (self.lr > 0 and self.grad_clip > 0):
             raise ValueError("TrainConfig.lr and grad_clip: must be positive")
         if not (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.label_dropout < 1.0):

@@ -49,7 +49,9 @@ def test_loss_equals_a_hand_computation(tiny_model):
     got = diffusion_loss(tiny_model, x0, labels, t=t, noise=noise, reduction="none")
     assert torch.allclose(got, per, rtol=1e-4, atol=1e-5)
     assert torch.allclose(diffusion_loss(tiny_model, x0, labels, t=t, noise=noise), per.mean(), rtol=1e-4)
-    assert torch.allclose(diffusion_loss(tiny_model, x0, labels, t=t, noise=noise, reduction="sum"), per.sum(), rtol=1e-4)
+    assert torch.allclose(
+        diffusion_loss(tiny_model, x0, labels, t=t, noise=noise, reduction="sum"), per.sum(), rtol=1e-4
+    )
     with pytest.raises(ValueError, match="reduction"):
         diffusion_loss(tiny_model, x0, labels, reduction="max")
 

@@ -49,13 +49,17 @@ def test_ua_and_accuracy_on_constructed_images():
 
 def test_fid_zero_with_itself_and_closed_form_under_a_shift():
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(
+        6, 6, generator=g, dtype=torch.float64
+    )
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     shifts = [frechet_distance(a, a + d) for d in (0.1, 0.5, 1.0)]
     assert shifts == pytest.approx([6 * 0.01, 6 * 0.25, 6 * 1.0], rel=1e-6)  # ‖δ‖² (equal covariances)
     b = torch.randn(300, 6, generator=g, dtype=torch.float64) * 2 + 1
     ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
-    ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(
+        ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real
+    )
     assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
     with pytest.raises(ValueError, match="frechet_distance"):
         frechet_distance(a, b[:, :3])

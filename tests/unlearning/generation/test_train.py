@@ -9,7 +9,14 @@ import torch
 
 from unlearning.data_types import ArrayData
 from unlearning.generation.diffusion import diffusion_loss
-from unlearning.generation.train import TrainConfig, drop_labels, ema_update, load_or_train, train, training_data
+from unlearning.generation.train import (
+    TrainConfig,
+    drop_labels,
+    ema_update,
+    load_or_train,
+    train,
+    training_data,
+)
 
 
 def bars(n_per_class: int = 16, k: int = 3) -> ArrayData:
@@ -44,7 +51,9 @@ def test_training_reduces_the_loss(tiny_config):
 def test_training_is_deterministic_and_calls_back(tiny_config):
     config = TrainConfig(unet=tiny_config, steps=4, batch_size=8)
     seen = []
-    first = train(config, bars(4), callback=lambda step, ema, s: seen.append((step, ema.training)), callback_every=2)
+    first = train(
+        config, bars(4), callback=lambda step, ema, s: seen.append((step, ema.training)), callback_every=2
+    )
     again = train(config, bars(4))
     assert seen == [(2, False), (4, False)]
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
@@ -86,7 +95,10 @@ def test_load_or_train_round_trip(tiny_config, tmp_path):
     assert not first.from_cache and first.path.is_file()
     second = load_or_train(data, config, cache_dir=tmp_path)
     assert second.from_cache and second.key == first.key and second.seconds == pytest.approx(first.seconds)
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values())
+    )
     retrain = load_or_train(data, dataclasses.replace(config, exclude_classes=(2,)), cache_dir=tmp_path)
     assert retrain.key != first.key and not retrain.from_cache
     assert len(list((tmp_path / "models").glob("diffusion-*.pt"))) == 2
