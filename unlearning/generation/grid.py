@@ -18,14 +18,16 @@ from torch import Tensor
 from ..report import pyplot, save_figure
 
 
-def tile(images: Tensor, columns: int) -> Tensor:
-    """(K, n, C, H, W) → one (K·H, columns·W, C) mosaic of the first ``columns`` images of each row."""
+def tile(images: Tensor, columns: int, gap: int = 1) -> Tensor:
+    """(K, n, C, H, W) → one (K·(H+gap), columns·(W+gap), C) mosaic of the first ``columns`` images of each
+    row, each followed by a ``gap``-pixel grey (0.5) separator to its right and below."""
     if images.ndim != 5:
         raise ValueError(f"images: expected shape (K, n, C, H, W), got {tuple(images.shape)}")
-    k, n, c, h, w = images.shape
-    cols = min(columns, n)
-    mosaic = images[:, :cols].detach().float().cpu().clamp(0, 1).permute(0, 3, 1, 4, 2)
-    return mosaic.reshape(k * h, cols * w, c)
+    cols = min(columns, images.shape[1])
+    cells = images[:, :cols].detach().float().cpu().clamp(0, 1)
+    cells = torch.nn.functional.pad(cells, (0, gap, 0, gap), value=0.5)
+    k, _, c, h, w = cells.shape
+    return cells.permute(0, 3, 1, 4, 2).reshape(k * h, cols * w, c)
 
 
 def save_grid(
@@ -42,6 +44,7 @@ def save_grid(
     panels = [before] if after is None else [before, after]
     forget = {int(c) for c in forget_classes}
     k, _, c, h, _ = before.shape
+    h += 1  # the separator row of `tile`
     fig, axes = plt.subplots(1, len(panels), figsize=(1.6 + 0.35 * columns * len(panels), 0.4 * k + 0.8))
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, images, title in zip(axes, panels, titles):

@@ -88,7 +88,10 @@ def test_judge_labels_real_digits_and_is_cached(tmp_path):
 
 def test_grid_png(tmp_path):
     before, after = torch.rand(3, 5, 1, 8, 8), torch.rand(3, 5, 1, 8, 8)
-    assert tile(before, 4).shape == (24, 32, 1)
+    assert tile(before, 4, gap=0).shape == (24, 32, 1)
+    mosaic = tile(before, 4)
+    assert mosaic.shape == (27, 36, 1) and torch.equal(mosaic[9:17, 18:26, 0], before[1, 2, 0])
+    assert torch.all(mosaic[8, :, 0] == 0.5)
     path = save_grid(tmp_path / "grid.png", before, after, forget_classes=[1], columns=4)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stacked = stack_by_class(torch.rand(7, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0]), 3)

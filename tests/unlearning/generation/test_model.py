@@ -47,19 +47,8 @@ def test_class_enters_only_through_cross_attention(tiny_model):
     assert torch.allclose(out[1], tiny_model(x, t, labels=labels)[1])
 
 
-def test_encode_pads_and_decode_inverts():
-    model = build_unet(
-        UNetConfig(
-            num_classes=2,
-            image_shape=(1, 8, 8),
-            sample_size=12,
-            block_out_channels=(8, 8),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            cross_attention_dim=8,
-            attention_head_dim=8,
-            norm_num_groups=4,
-        )
-    )
+def test_encode_pads_and_decode_inverts(tiny_config):
+    model = build_unet(dataclasses.replace(tiny_config, sample_size=12))
     x = torch.rand(3, 1, 8, 8)
     z = model.encode(x)
     assert z.shape == (3, 1, 12, 12) and model.latent_shape == (1, 12, 12)
