@@ -14,12 +14,15 @@ Bi-level examples without a closed form, on data the caller passes as tensors:
 - `Reweighting` (data re-weighting of a network: per-sample weights σ(x_i) learned on a validation loss;
   the speed benchmarks' workload and ``worstforget bench --problem mlp-reweight``), `mlp_reweighting` (a
   seeded MLP instance from a pool of rows), `mlp`, `mlp_init`;
+- `closed_form_case` / `reweighting_case`: a problem at a given size and device as a `ProfileCase`, ready
+  for `bilevel.profile` (what ``worstforget bench`` profiles);
 - `cleaning`: data hyper-cleaning (weights on the capped simplex that find mislabelled examples;
   ``worstforget hyperclean``).
 """
 
 from . import cleaning
 from ._base import ReferenceProblem, finite_difference
+from .cases import CLOSED_FORM, ProfileCase, closed_form_case, reweighting_case
 from .edge import multi_tensor, nan_outer, saddle, scalar_inner
 from .logistic import logistic
 from .quadratic import imaml_proximal, quadratic, unrolled_gd_quadratic
@@ -27,6 +30,10 @@ from .reweighting import Reweighting, ReweightingInstance, mlp, mlp_init, mlp_re
 from .ridge import ridge, weighted_ridge
 
 __all__ = [
+    "CLOSED_FORM",
+    "ProfileCase",
+    "closed_form_case",
+    "reweighting_case",
     "ReferenceProblem",
     "Reweighting",
     "ReweightingInstance",

@@ -530,6 +530,28 @@ def test_mlp_reweighting_instance_is_seeded_and_standardised():
         P.mlp({"W1": a.inner_init["W1"]}, a.task.X)
 
 
+# ------------------------------------------------------------------------------------------ profiling cases
+
+
+@pytest.mark.parametrize(
+    "name, outer_dim", [("ridge", 4), ("weighted-ridge", 30), ("logistic", 1), ("quadratic", 3)]
+)
+def test_closed_form_cases_feed_their_data_as_batches(name, outer_dim):
+    """A `ProfileCase`: a solver run on its arguments (data as batches) meets its closed form, and a float32
+    case keeps the float64 closed form."""
+    from bilevel import Direct, Implicit, optim
+
+    case = P.closed_form_case(name, 4, outer_dim)
+    hg = Implicit(optim.SGD(lr=case.lr), 400, Direct()).hypergrad(**case.profile_args())
+    assert rel(hg.grad, case.closed_form) <= 1e-8
+    assert (case.inner_data is None) == (name == "quadratic")
+    low = P.closed_form_case(name, 4, outer_dim, dtype=torch.float32)
+    assert next(iter(low.outer.values())).dtype == torch.float32
+    assert all(torch.equal(low.closed_form[k], case.closed_form[k]) for k in case.closed_form)
+    with pytest.raises(ValueError, match="name must be one of"):
+        P.closed_form_case("lasso", 4, 4)
+
+
 # ------------------------------------------------------------------------------------------- hyper-cleaning
 
 

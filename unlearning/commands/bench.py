@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from unlearning.commands import CLIError, check_at_least_one, check_device
 
 if TYPE_CHECKING:
     from bilevel import Solver
+    from bilevel.problems import ProfileCase
 
 PROBLEMS = ("ridge", "weighted-ridge", "logistic", "quadratic", "mlp-reweight")
 # problem -> (default --dim, default --outer-dim, what the two sizes are)
@@ -134,20 +134,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-@dataclass
-class Bench:
-    """A built problem: everything `bilevel.profile` needs, on the device, plus how to describe it."""
-
-    problem: Any  # a bilevel.BilevelProblem
-    inner_init: dict
-    outer: dict
-    inner_data: Any
-    outer_data: Any
-    lr: float
-    closed_form: dict | None  # the exact ∇F (float64, CPU), where the problem has one
-    description: str
-
-
 # ------------------------------------------------------------------------------------------- checks
 
 
@@ -217,47 +203,13 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], int, int]:
 # ------------------------------------------------------------------------------------------- problems
 
 
-def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device: Any) -> Bench:
-    """The problem on ``device``, from `bilevel.problems`: the closed-form ones take their data as batches
-    (``[batch]``, a fixed batch), so the same code runs on the CPU and on CUDA; the quadratic has no data
-    and is built on the device."""
-    import torch
-
+def build(name: str, dim: int, outer_dim: int, *, seed: int, dtype: Any, device: Any) -> ProfileCase:
+    """The problem on ``device``: `bilevel.problems.closed_form_case`, or the re-weighted MLP on digits."""
     from bilevel import problems
-    from bilevel.profile import to_device
 
     if name == "mlp-reweight":
         return _mlp_reweight(dim, outer_dim, seed=seed, dtype=dtype, device=device)
-
-    def make(dt: Any, on: Any = None) -> Any:
-        if name == "ridge":
-            n, m = max(4 * dim, 100), max(2 * dim, 50)
-            return problems.ridge(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
-        if name == "logistic":
-            n, m = max(10 * dim, 200), max(5 * dim, 100)
-            return problems.logistic(n=n, m=m, p=dim, per_feature=outer_dim > 1, seed=seed, dtype=dt)
-        if name == "weighted-ridge":
-            return problems.weighted_ridge(n=outer_dim, m=max(outer_dim // 2, 10), p=dim, seed=seed, dtype=dt)
-        return problems.quadratic(dx=outer_dim, dy=dim, seed=seed, dtype=dt, device=on)
-
-    ref = make(dtype, device)
-    exact = ref if dtype == torch.float64 and device.type == "cpu" else make(torch.float64)
-    inner_data = outer_data = None
-    if name != "quadratic":
-        d = to_device(dict(ref.data), device)
-        index = (torch.arange(outer_dim, device=device),) if name == "weighted-ridge" else ()
-        rows = (d["X"], d["y"], *index)
-        inner_data, outer_data = [rows], [(d["X_val"], d["y_val"])]
-    return Bench(
-        problem=ref.problem,
-        inner_init=to_device(ref.inner_init, device),
-        outer=to_device(ref.outer, device),
-        inner_data=inner_data,
-        outer_data=outer_data,
-        lr=1.0 / float(ref.L),
-        closed_form=exact.hypergrad(exact.outer),
-        description=f"{ref!r}, inner lr 1/L = {1.0 / float(ref.L):.4g}",
-    )
+    return problems.closed_form_case(name, dim, outer_dim, seed=seed, dtype=dtype, device=device)
 
 
 def _digits(seed: int) -> Any:
@@ -266,10 +218,10 @@ def _digits(seed: int) -> Any:
     return datasets.load("digits", seed=seed)
 
 
-def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) -> Bench:
+def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) -> ProfileCase:
     """`bilevel.problems.mlp_reweighting` on digits: n training digits drawn from the training split, the
     carved test split as the validation set, an MLP 64-H-10, weight decay ``MLP_WEIGHT_DECAY``."""
-    from bilevel.problems import mlp_reweighting
+    from bilevel.problems import mlp_reweighting, reweighting_case
 
     data = _digits(seed)
     inst = mlp_reweighting(
@@ -285,14 +237,9 @@ def _mlp_reweight(hidden: int, n: int, *, seed: int, dtype: Any, device: Any) ->
         dtype=dtype,
         device=device,
     )
-    return Bench(
-        problem=inst.problem,
-        inner_init=inst.inner_init,
-        outer=inst.outer,
-        inner_data=None,
-        outer_data=None,
+    return reweighting_case(
+        inst,
         lr=MLP_LR,
-        closed_form=None,
         description=(
             f"digits MLP 64-{hidden}-10 ({inst.inner_numel} inner parameters), {n} re-weighted training "
             f"digits, {inst.task.X_val.shape[0]} validation digits, weight decay {MLP_WEIGHT_DECAY}, "
@@ -329,11 +276,11 @@ def make_solvers(
     return {n: table[n]() for n in names}
 
 
-def reference_for(name: str, bench: Bench, solvers: dict[str, Solver], **solver_kw: Any) -> Any:
+def reference_for(name: str, case: ProfileCase, solvers: dict[str, Solver], **solver_kw: Any) -> Any:
     """`bilevel.profile`'s ``reference`` for ``--reference name`` (``auto`` already resolved): the closed
     form, None (an exact implicit solve), a profiled solver's name, or one more solver built alike."""
     if name == "closed-form":
-        return bench.closed_form
+        return case.closed_form
     if name == "exact":
         return None
     if name in solvers:
@@ -352,21 +299,17 @@ def run(args: argparse.Namespace) -> int:
     names, dim, outer_dim = check_args(args)
     device = torch.device(args.device)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
-    bench = build(args.problem, dim, outer_dim, seed=args.seed, dtype=dtype, device=device)
+    case = build(args.problem, dim, outer_dim, seed=args.seed, dtype=dtype, device=device)
     truncate = args.truncate or max(1, args.steps // 4)
-    kw = dict(lr=bench.lr, steps=args.steps, iters=args.linear_iters, truncate=truncate, damping=args.damping)
+    kw = dict(lr=case.lr, steps=args.steps, iters=args.linear_iters, truncate=truncate, damping=args.damping)
     solvers = make_solvers(names, **kw)
-    print(f"profiling {len(solvers)} solver(s) on {args.problem}: {bench.description}", flush=True)
+    print(f"profiling {len(solvers)} solver(s) on {args.problem}: {case.description}", flush=True)
     prof = profile(
-        bench.problem,
-        solvers,
-        bench.inner_init,
-        bench.outer,
-        inner_data=bench.inner_data,
-        outer_data=bench.outer_data,
-        reference=reference_for(args.reference, bench, solvers, **kw),
+        solvers=solvers,
+        reference=reference_for(args.reference, case, solvers, **kw),
         repeats=args.repeats,
         device=device,
+        **case.profile_args(),
     )
     if args.reference == "closed-form":
         prof.reference = "closed form (float64)"
@@ -385,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "seed": args.seed,
     }
-    write(Path(args.out), config, bench.description, prof)
+    write(Path(args.out), config, case.description, prof)
     return 0
 
 
