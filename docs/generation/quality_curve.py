@@ -5,11 +5,13 @@ steps, samples ``--per-class`` images of every class from the EMA model (DDIM, g
 share that the judge (`unlearning.generation.judge`) labels as the class asked for, plus, for comparison, the
 share an RBF SVC trained on the clean digits gets. Writes ``curve.json``, ``curve.md``, ``curve.png`` and the
 final ``samples.png`` to ``--out``; with ``--final``, scores the cached model of the config instead (1,000
-samples: accuracy, judge-space FID, sampling time; ``final.json``, ``final.md``, ``final_samples.png``).
+samples: accuracy, judge-space FID, sampling time; ``final.json``, ``final.md``, ``final_samples.png``); with
+``--ablate``, the judge accuracy of the cached model under other sampler settings (``samplers.md``).
 Reproduce the tables of docs/generation.md with:
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/generation/quality_curve.py --out docs/generation
     OMP_NUM_THREADS=1 .venv/bin/python docs/generation/quality_curve.py --out docs/generation --final
+    OMP_NUM_THREADS=1 .venv/bin/python docs/generation/quality_curve.py --out docs/generation --ablate
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--unet", nargs="*", default=[], help="UNetConfig overrides key=value (python literal)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--final", action="store_true", help="score the cached model of the config (no curve)")
+    p.add_argument("--ablate", action="store_true", help="sampler settings on the cached model (no curve)")
     return p.parse_args()
 
 
@@ -65,6 +68,8 @@ def main() -> None:
     judge = load_or_train_judge(ds).model
     if a.final:
         return final(ds, config, judge, a)
+    if a.ablate:
+        return ablate(ds, config, judge, a)
     svc = SVC(kernel="rbf").fit(ds.train.x.flatten(1).numpy(), ds.train.y.numpy())
     labels = torch.arange(10).repeat_interleave(a.per_class)
     n_params = sum(p.numel() for p in build_unet(config.unet).parameters())
@@ -123,6 +128,35 @@ def final(ds, config: TrainConfig, judge, a) -> None:
     save_grid(
         out / "final_samples.png", m.images, columns=12, titles=("1,000 samples (first 12 per class)", "")
     )
+
+
+SAMPLERS = [  # (label, sample() keywords)
+    ("DDIM 50, η=0, guidance 2, clip x̂0 (default)", {}),
+    ("no clipping of x̂0", {"clip": False}),
+    ("DDIM 20 steps", {"steps": 20}),
+    ("DDIM 100 steps", {"steps": 100}),
+    ("DDIM η=1", {"eta": 1.0}),
+    ("DDPM ancestral, 100 steps", {"sampler": "ddpm", "steps": 100}),
+    ("guidance 1 (conditional only)", {"guidance": 1.0}),
+    ("guidance 3", {"guidance": 3.0}),
+]
+
+
+def ablate(ds, config: TrainConfig, judge, a) -> None:
+    """Judge accuracy of ``--per-class`` samples per class of the cached model under each sampler setting."""
+    model = load_or_train(ds, config).model
+    labels = torch.arange(10).repeat_interleave(a.per_class)
+    rows = []
+    for label, kw in SAMPLERS:
+        c0 = time.process_time()
+        x = sample(model, labels, generator=torch.Generator().manual_seed(0), **kw)
+        rows.append({"sampler": label, "judge_acc": float((judge.predict(x) == labels).float().mean()),
+                     "cpu_seconds": time.process_time() - c0})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    write_json(Path(a.out) / "samplers.json", {"per_class": a.per_class, "rows": rows})
+    lines = ["| sampler | judge accuracy | sampling CPU s |", "| --- | ---: | ---: |"]
+    lines += [f"| {r['sampler']} | {r['judge_acc']:.3f} | {r['cpu_seconds']:.0f} |" for r in rows]
+    write_text(Path(a.out) / "samplers.md", "\n".join(lines) + "\n")
 
 
 def write(out: Path, info: dict, images: torch.Tensor) -> None:

@@ -94,9 +94,9 @@ def guided_eps(model: ConditionalDiffusion, x_t: Tensor, t, context: Tensor, gui
     return uncond + guidance * (cond - uncond)
 
 
-def sampling_scheduler(sampler: str = "ddim", steps: int = 50):
+def sampling_scheduler(sampler: str = "ddim", steps: int = 50, clip: bool = True):
     """A ``DDIMScheduler`` / ``DDPMScheduler`` with the training betas, set to ``steps`` inference steps;
-    x̂_0 is clipped to [−1, 1] at every step (``clip_sample``)."""
+    with ``clip`` x̂_0 is clipped to [−1, 1] at every step (``clip_sample``)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     if sampler not in SAMPLERS:
@@ -105,7 +105,7 @@ def sampling_scheduler(sampler: str = "ddim", steps: int = 50):
         raise ValueError(f"steps: must be a positive integer, got {steps!r}")
     base = noise_scheduler().config
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-    scheduler = cls.from_config(base, clip_sample=True, clip_sample_range=1.0)
+    scheduler = cls.from_config(base, clip_sample=bool(clip), clip_sample_range=1.0)
     scheduler.set_timesteps(int(steps))
     return scheduler
 
@@ -122,10 +122,12 @@ def sample(
     eta: float = 0.0,
     batch_size: int = 500,
     context: Tensor | None = None,
+    clip: bool = True,
 ) -> Tensor:
     """Generate one image per label with classifier-free guidance (scale ``guidance``), by ``steps`` DDIM
     (η = ``eta``) or DDPM ancestral steps from x_T ~ N(0, I); returns images in the data range [0, 1].
-    ``context`` (B, L, D) replaces the class tokens when given (e.g. an edited concept)."""
+    ``context`` (B, L, D) replaces the class tokens when given (e.g. an edited concept); ``clip``: x̂_0 clipped
+    to [−1, 1] at every step."""
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     ctx = model.context(labels) if context is None else context.to(device)
@@ -133,7 +135,7 @@ def sample(
     model.eval()
     try:
         chunks = [
-            _sample_chunk(model, ctx[i : i + batch_size], steps, guidance, generator, sampler, eta)
+            _sample_chunk(model, ctx[i : i + batch_size], steps, guidance, generator, sampler, eta, clip)
             for i in range(0, ctx.shape[0], batch_size)
         ]
     finally:
@@ -141,8 +143,8 @@ def sample(
     return torch.cat(chunks) if chunks else torch.empty(0, *model.image_shape, device=device)
 
 
-def _sample_chunk(model, ctx, steps, guidance, generator, sampler, eta) -> Tensor:
-    scheduler = sampling_scheduler(sampler, steps)
+def _sample_chunk(model, ctx, steps, guidance, generator, sampler, eta, clip) -> Tensor:
+    scheduler = sampling_scheduler(sampler, steps, clip)
     device = ctx.device
     z = torch.randn((ctx.shape[0], *model.latent_shape), generator=generator, device=device)
     for t in scheduler.timesteps:
