@@ -114,6 +114,11 @@ def check_hypergrad(
     implicit solve and with central finite differences of F; see the module docstring. ``solver`` is a
     `bilevel.Solver`, or None when ``hypergrad`` is given."""
     if hypergrad is None:
+        if solver is None:
+            raise TypeError(
+                "check_hypergrad needs a solver (a bilevel.Solver such as Implicit(...)) or, with "
+                "solver=None, the hypergradient to check: hypergrad=solver.hypergrad(...)"
+            )
         hypergrad = as_solver(solver).hypergrad(
             problem, inner_init, outer, inner_data=inner_data, outer_data=outer_data
         )

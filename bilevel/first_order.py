@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from . import tree
-from .hypergrad import Call, Solver, Step, is_optimizer
+from .hypergrad import Call, Solver, Step, check_optimizer
 from .inner import run_inner
 from .linearize import linearize, outer_partials
+from .monitor import MAX_GROWTH
 from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params, check_finite
 from .validate import number, positive_int
@@ -51,13 +52,18 @@ class FirstOrder(Solver):
 
     Parameters
     ----------
-    optimizer, steps: the inner solver (``steps=0``: ``inner_init`` is the solution).
+    optimizer, steps: the inner solver (``steps=0``: ``inner_init`` is the solution). The optimizer comes
+        first: ``FirstOrder(optim.SGD(lr=0.1), 20, mode="f2sa", sigma=100.0)``, or ``FirstOrder(mode=
+        "partial")`` without inner steps; a mode string in the optimizer's place is refused.
     mode: ``"partial"`` | ``"identity"`` | ``"f2sa"``.
     c: the H⁻¹ ≈ c·I scale of ``"identity"``.
     eps, finite_difference: the DARTS finite-difference radius (ε = eps/‖∂_θ f‖), or an exact mixed product.
     sigma, penalty_steps: F2SA's penalty σ and the number of inner steps on g + f/σ (warm-started at z;
         default ``steps``).
+    on_divergence, max_growth: runaway growth of the inner iterate (see `Unrolled`, `bilevel.monitor`).
     """
+
+    objective_depends_on_init = False  # it approximates the hypergradient at θ*(λ)
 
     def __init__(
         self,
@@ -70,15 +76,26 @@ class FirstOrder(Solver):
         finite_difference: bool = True,
         sigma: float = 100.0,
         penalty_steps: int | None = None,
+        on_divergence: str = "raise",
+        max_growth: float = MAX_GROWTH,
     ) -> None:
-        if mode not in MODES:
+        if isinstance(optimizer, str):
+            raise TypeError(
+                f"FirstOrder's first argument is the inner optimizer, got the string {optimizer!r}: pass the "
+                f"mode by keyword, FirstOrder(mode={optimizer!r}) or FirstOrder(optim.SGD(lr=0.1), steps, "
+                f"mode={optimizer!r}, ...)"
+            )
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.steps = positive_int(steps, "steps", allow_zero=True)
-        if (steps > 0 or mode == "f2sa") and not is_optimizer(optimizer):
+        if optimizer is not None:
+            check_optimizer(optimizer)
+        elif steps > 0 or mode == "f2sa":
             raise TypeError(
                 "optimizer must be a bilevel.optim optimizer (e.g. optim.SGD(lr=0.1)) "
                 "when steps > 0 or mode='f2sa'"
             )
+        self._set_divergence(on_divergence, max_growth)
         self.c, self.eps = float(number(c, "c")), float(number(eps, "eps"))
         self.sigma = float(number(sigma, "sigma"))
         if penalty_steps is not None:

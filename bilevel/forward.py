@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from . import tree
-from .hypergrad import Call, Solver, Step, is_optimizer
+from .hypergrad import Call, Solver, Step, check_optimizer
+from .monitor import MAX_GROWTH
 from .problem import check_scalar
 from .tree import Params
 from .unrolled import optimizer_for
@@ -43,13 +44,17 @@ class Forward(Solver):
     ``inner_init`` entries that *are* outer tensors (MAML) receive the tangent of that entry.
     """
 
-    def __init__(self, optimizer: Any, steps: int, max_directions: int = 256) -> None:
-        if not (is_optimizer(optimizer) or callable(optimizer)):
-            raise TypeError(
-                "optimizer must be a bilevel.optim optimizer, e.g. optim.SGD(lr=0.1), or a factory "
-                "outer -> optimizer"
-            )
-        self.optimizer = optimizer
+    def __init__(
+        self,
+        optimizer: Any,
+        steps: int,
+        max_directions: int = 256,
+        *,
+        on_divergence: str = "raise",
+        max_growth: float = MAX_GROWTH,
+    ) -> None:
+        self.optimizer = check_optimizer(optimizer, factory=True)
+        self._set_divergence(on_divergence, max_growth)
         self.steps = positive_int(steps, "steps")
         self.max_directions = positive_int(max_directions, "max_directions")
 

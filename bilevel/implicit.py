@@ -8,12 +8,14 @@ products only (`CG`, `Neumann`, `FixedPoint`) or a dense solve (`Direct`).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from . import tree
-from .hypergrad import Call, Hypergrad, Solver, Step, is_optimizer
+from .hypergrad import Call, Hypergrad, Solver, Step, check_optimizer
 from .linear_solvers import CG, Direct, FixedPoint, Neumann
 from .linearize import linearize, outer_partials
+from .monitor import MAX_GROWTH
 from .problem import BilevelProblem
 from .tree import Params, check_finite
 from .validate import positive_int
@@ -30,12 +32,15 @@ class Implicit(Solver):
     steps: inner iterations from ``inner_init``; 0 means ``inner_init`` already is the inner solution.
     linear_solver: `CG` (default, H must be SPD), `Neumann`, `FixedPoint` or `Direct`.
     warm_start: start the linear solve from the previous call's v (AmIGO-style amortisation across outer
-        steps); ``reset()`` forgets it.
+        steps), only when that call was on the same ``problem`` object (a v is specific to its task: a
+        meta-batch of tasks, each its own `BilevelProblem`, never shares one) and v has the same shapes,
+        dtype and device; ``reset()`` forgets it (do that between tasks that share one problem object).
     hvp: ``"reverse"`` (reverse-over-reverse on one retained graph; default) or ``"forward"``
         (forward-over-reverse with ``torch.func.jvp``; no retained graph).
 
     Cost per call: ``steps`` inner gradients + 1 outer gradient + 1 inner gradient with graph + K HVPs +
     1 mixed product. Memory: O(d_θ) plus one graph of ∇_θ g.
+    on_divergence, max_growth: runaway growth of the inner iterate (see `Unrolled`, `bilevel.monitor`).
     The linear system uses the inner batch of step ``steps`` (the batch after the last inner step).
     """
 
@@ -46,25 +51,31 @@ class Implicit(Solver):
         linear_solver: LinearSolver | None = None,
         warm_start: bool = True,
         hvp: str = "reverse",
+        *,
+        on_divergence: str = "raise",
+        max_growth: float = MAX_GROWTH,
     ) -> None:
         self.optimizer = optimizer
+        self._set_divergence(on_divergence, max_growth)
         self.steps = positive_int(steps, "steps", allow_zero=True)
         self.linear_solver = CG() if linear_solver is None else linear_solver
         if not hasattr(self.linear_solver, "solve"):
             raise TypeError("linear_solver must be CG(...), Neumann(...), FixedPoint(...) or Direct(...)")
         if hvp not in ("reverse", "forward"):
             raise ValueError(f"hvp must be 'reverse' or 'forward', got {hvp!r}")
-        if steps > 0 and not is_optimizer(optimizer):
-            raise TypeError(
-                "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1)"
-            )
+        if steps > 0 or optimizer is not None:
+            check_optimizer(optimizer)
         self.warm_start = warm_start
         self.hvp = hvp
         self._previous_v: Params | None = None
+        self._previous_problem: weakref.ref | None = None
+
+    objective_depends_on_init = False  # θ* does not depend on where the inner iterations start
 
     def reset(self) -> None:
         """Forget the warm-start solution."""
         self._previous_v = None
+        self._previous_problem = None
 
     def __repr__(self) -> str:
         return (
@@ -80,7 +91,7 @@ class Implicit(Solver):
         theta, lam = self._inner_solution(call)
         inner_batch = call.inner_data(self.steps)
         outer_batch = call.outer_data(0)
-        x0 = self._warm(theta)
+        x0 = self._warm(theta, problem)
         d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
         check_finite(f_value, "outer_loss at the inner solution")
         check_finite(d_theta, "∂f/∂θ at the inner solution")
@@ -92,6 +103,7 @@ class Implicit(Solver):
         check_finite(v, f"the solution of the linear system H v = ∂f/∂θ ({name})")
         if self.warm_start:
             self._previous_v = tree.detach(v)
+            self._previous_problem = weakref.ref(problem)
         grad = tree.sub(d_lam, lin.mixed(v))
         check_finite(grad, "the hypergradient")
         info: dict[str, Any] = {
@@ -108,9 +120,12 @@ class Implicit(Solver):
         diagnostics = {"inner_loss": float(lin.inner_value), "inner_grad_norm": lin.inner_grad_norm}
         return Step(grad=grad, inner=theta, outer_loss=f_value, outer=lam, diagnostics=diagnostics, info=info)
 
-    def _warm(self, like: Params) -> Params | None:
+    def _warm(self, like: Params, problem: BilevelProblem) -> Params | None:
+        """The previous call's v if it may start this solve: same problem object, shapes, dtype, device."""
         v = self._previous_v
         if not self.warm_start or v is None:
+            return None
+        if self._previous_problem is None or self._previous_problem() is not problem:
             return None
         if v.keys() != like.keys() or any(
             v[k].shape != like[k].shape or v[k].dtype != like[k].dtype or v[k].device != like[k].device

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .modules import recording_buffers
+from .modules import recording_buffers, solver_call
+from .monitor import Monitor
 from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params, check_finite, norm
 
@@ -46,9 +47,14 @@ def inner_grad(
     return out, value
 
 
-def inner_diagnostics(problem: BilevelProblem, inner: Params, outer: Params, batch: Any) -> dict[str, float]:
-    """``inner_loss`` g and ``inner_grad_norm`` ‖∇_θ g‖ at a returned inner solution (one extra gradient)."""
+def inner_diagnostics(
+    problem: BilevelProblem, inner: Params, outer: Params, batch: Any, *, as_tensors: bool = False
+) -> dict[str, Any]:
+    """``inner_loss`` g and ``inner_grad_norm`` ‖∇_θ g‖ at a returned inner solution (one extra gradient);
+    floats, or 0-dim tensors with ``as_tensors`` (no host synchronisation)."""
     grads, value = inner_grad(problem, inner, outer, batch)
+    if as_tensors:
+        return {"inner_loss": value.detach(), "inner_grad_norm": norm(grads)}
     return {"inner_loss": float(value.detach()), "inner_grad_norm": float(norm(grads))}
 
 
@@ -64,13 +70,18 @@ def run_inner(
     state: Any = None,
     create_graph: bool = False,
     record: bool = True,
+    monitor: Monitor | None = None,
 ) -> tuple[Params, Any]:
     """Steps ``start .. stop-1`` of the inner optimizer; returns the last iterate and optimizer state.
 
     ``record``: let ``buffers="track"`` modules store their running statistics (off when replaying steps).
+    Without a graph, the iterate is checked every 50 steps and after the last one by ``monitor`` (an eager
+    `Monitor` by default): finite, and ‖θ_t‖ ≤ max_growth · max(1, ‖θ_start‖).
     """
     if not create_graph:  # detach once; every later iterate is produced under no_grad
         inner, outer, state = detach_tree(inner), detach_tree(outer), detach_tree(state)
+        monitor = Monitor() if monitor is None else monitor
+        start_norm = norm(inner)
     if state is None:
         state = optimizer.init(inner)
     for t in range(start, stop):
@@ -86,7 +97,8 @@ def run_inner(
                 inner, state = optimizer.step({k: v.detach() for k, v in inner.items()}, grads, state)
             # A NaN here would otherwise surface much later, far from its cause.
             if t == stop - 1 or (t - start) % 50 == 49:
-                check_finite(inner, f"the inner iterate at step {t + 1}")
+                monitor.finite(inner, f"the inner iterate at step {t + 1}")  # type: ignore[union-attr]
+                monitor.bounded(inner, start_norm, f"the inner iterate at step {t + 1}")  # type: ignore[union-attr]
     return inner, state
 
 
@@ -137,15 +149,17 @@ def solve_inner(
     outer: Params,
     inner_data: Any = None,
 ) -> Params:
-    """θ_T: ``steps`` steps of ``optimizer`` on g(·, λ) from ``inner_init`` (detached, no graph kept)."""
-    theta, _ = run_inner(
-        problem,
-        optimizer,
-        detach_tree(inner_init),
-        detach_tree(outer),
-        DataStream(inner_data, "inner_data"),
-        start=0,
-        stop=steps,
-    )
+    """θ_T: ``steps`` steps of ``optimizer`` on g(·, λ) from ``inner_init`` (detached, no graph kept);
+    NaN/Inf or runaway growth of the iterate raises ``FloatingPointError`` naming the step."""
+    with solver_call():
+        theta, _ = run_inner(
+            problem,
+            optimizer,
+            detach_tree(inner_init),
+            detach_tree(outer),
+            DataStream(inner_data, "inner_data"),
+            start=0,
+            stop=steps,
+        )
     check_finite(theta, f"the inner solution after {steps} steps")
     return detach_tree(theta)

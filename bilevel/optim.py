@@ -202,7 +202,9 @@ class SGD(Optimizer):
     def __post_init__(self) -> None:
         n = "SGD"
         object.__setattr__(self, "lr", _hyper(n, "lr", self.lr, low=0.0, low_open=True))
-        object.__setattr__(self, "momentum", _hyper(n, "momentum", self.momentum, low=0.0))
+        object.__setattr__(
+            self, "momentum", _hyper(n, "momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        )
         object.__setattr__(self, "dampening", _hyper(n, "dampening", self.dampening, low=0.0, high=1.0))
         object.__setattr__(self, "weight_decay", _hyper(n, "weight_decay", self.weight_decay, low=0.0))
         if not isinstance(self.nesterov, bool):

@@ -2,8 +2,12 @@
 
     λ_{k+1} = Π_C( step(λ_k, ∇F(λ_k)) )
 
-The inner solution of step k is the next step's ``inner_init`` (warm start), so a solver with few inner steps
-tracks θ*(λ) across outer steps.
+Warm start of the inner problem: for solvers whose objective is the argmin θ*(λ) (`Implicit`, `FirstOrder`)
+the inner solution of step k is the next step's ``inner_init``, so few inner steps per outer step track θ*(λ)
+(amortisation; the objective is unchanged). For solvers whose objective is the T-step trajectory from
+``inner_init`` (`Unrolled`, `Forward`, and custom solvers unless they say otherwise) every step starts again
+from ``inner_init``: carrying θ_T over would change the objective being minimised (a learned learning rate
+then converges elsewhere). ``warm_start_inner=True``/``False`` overrides the solver's default.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 
 from . import tree
-from .hypergrad import Hypergrad, Solver, as_solver
+from .hypergrad import Hypergrad, Solver, as_solver, check_optimizer
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, as_params
 from .validate import positive_int
@@ -24,8 +28,12 @@ from .validate import positive_int
 
 @dataclass
 class MinimizeResult:
-    """``outer``: the last outer iterate; ``inner``: the last inner solution; ``history``: one dict per step
-    (``step``, ``outer_loss``, ``grad_norm``, ``seconds``, and the solver's ``info``)."""
+    """``outer``: the last outer iterate; ``inner``: the inner point the next step would start from (the last
+    inner solution with ``warm_start_inner``, else ``inner_init``; each step's own is ``hg.inner`` in the
+    callback); ``history``: one dict per outer
+    step with exactly the keys ``step``, ``outer_loss`` (f at that step's inner solution), ``grad_norm``
+    (‖∇F‖), ``seconds`` (the whole outer step) and ``info`` (the solver's ``Hypergrad.info``, nested: its
+    ``seconds``, ``inner_loss``, ``inner_grad_norm``, ``hvp_count``, ... are ``history[k]["info"][key]``)."""
 
     outer: Params
     inner: Params
@@ -62,7 +70,7 @@ def minimize(
     inner_init: Params,
     inner_data: Data = None,
     outer_data: Data = None,
-    warm_start_inner: bool = True,
+    warm_start_inner: bool | None = None,
     reset_solver: bool = True,
 ) -> MinimizeResult:
     """Run ``steps`` projected outer steps of ``optimizer`` (a `bilevel.optim` optimizer) on F.
@@ -72,6 +80,9 @@ def minimize(
     ``callback(step, outer, hypergrad)`` runs after each step; returning True stops early.
     Inner data streams continue across outer steps (each outer step consumes ``solver.batches_per_call``);
     outer data gives one batch per outer step.
+    ``warm_start_inner``: start each step's inner problem from the previous step's solution; None (default)
+    does so only for solvers whose objective does not depend on ``inner_init`` (``solver.
+    objective_depends_on_init`` is False: `Implicit`, `FirstOrder`); see the module docstring.
     ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
     last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
     splits one run into several ``minimize`` calls (the worst-case search's binarisation segments).
@@ -80,6 +91,9 @@ def minimize(
     as_params(outer_init, "outer_init")
     as_params(inner_init, "inner_init")
     as_solver(solver)
+    check_optimizer(optimizer)
+    if warm_start_inner is None:
+        warm_start_inner = not solver.objective_depends_on_init
     inner_stream = DataStream(inner_data, "inner_data")
     outer_stream = DataStream(outer_data, "outer_data")
     per_step = solver.batches_per_call

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import tree
-from .hypergrad import Call, Solver, Step, is_optimizer
+from .hypergrad import Call, Solver, Step, check_optimizer, is_optimizer
 from .inner import (
     detach_tree,
     replace_tensor_leaves,
@@ -27,6 +27,7 @@ from .inner import (
     run_inner,
     tensor_leaves,
 )
+from .monitor import MAX_GROWTH
 from .problem import BilevelProblem, DataStream, check_scalar
 from .tree import Params
 from .validate import positive_int
@@ -118,13 +119,12 @@ class Unrolled(Solver):
         truncate: int | None = None,
         checkpoint: bool = False,
         segment: int | None = None,
+        *,
+        on_divergence: str = "raise",
+        max_growth: float = MAX_GROWTH,
     ) -> None:
-        if not (is_optimizer(optimizer) or callable(optimizer)):
-            raise TypeError(
-                "optimizer must be a bilevel.optim optimizer (with init and step), e.g. optim.SGD(lr=0.1), "
-                "or a factory outer -> optimizer, e.g. lambda outer: optim.SGD(lr=outer['lr'])"
-            )
-        self.optimizer = optimizer
+        self.optimizer = check_optimizer(optimizer, factory=True)
+        self._set_divergence(on_divergence, max_growth)
         self.steps = positive_int(steps, "steps")
         if truncate is not None:
             positive_int(truncate, "truncate")

@@ -27,6 +27,8 @@ class DenseImplicit(Solver):
     """A user's solver: ``steps`` inner steps, then ∇F = ∂_λ f − (∂_λ∇_θ g)ᵀ H⁻¹ ∂_θ f with the dense
     Hessian H = ∇²_θθ g from ``torch.func`` (small inner problems only)."""
 
+    objective_depends_on_init = False  # it approximates θ*(λ): minimize may warm-start the inner problem
+
     def __init__(self, optimizer, steps):
         self.optimizer, self.steps = optimizer, steps
 
