@@ -33,8 +33,8 @@ from bilevel import CG, BilevelProblem, Direct, FirstOrder, Forward, Implicit, N
 from bilevel import problems as bproblems
 from bilevel.inner import run_inner
 from bilevel.problem import DataStream
+from bilevel.tree import Params
 
-Params = dict[str, Tensor]
 RefContestant = Callable[["Ref"], Callable[[], Tensor]]
 
 

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from bilevel import CG, BilevelProblem, FirstOrder, Forward, Implicit, Unrolled, optim, problems
+from bilevel.tree import Params
 
 DEVICE_ENV = "WORSTFORGET_BENCH_DEVICE"
-Params = dict[str, Tensor]
 Contestant = Callable[["Reweighting"], Callable[[], Tensor]]
 
 

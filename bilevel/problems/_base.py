@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from ..problem import BilevelProblem
-
-Params = dict[str, Tensor]
+from ..tree import Params
 
 
 @dataclass(frozen=True)
