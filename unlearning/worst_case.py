@@ -66,6 +66,15 @@ __all__ = [
 ]
 
 HYPERGRADS = ("first_order", "unrolled", "implicit")
+#: how the final set is chosen: "best" (the binary set of lowest F met: the start, each binarisation, the
+#: last top-m; the default) or "published" (top-m of the last w, as the published code does)
+FINAL_RULES = ("best", "published")
+#: the lower level's BatchNorm: "batch" (normalise with the statistics of the batch evaluated, running
+#: statistics neither used nor updated, as the published lower level trains) or "running" (eval mode: the
+#: running statistics carried in the buffers, never updated)
+BATCHNORM_POLICIES = ("batch", "running")
+#: the most sets of classes `search(..., exhaustive=True)` evaluates (one lower-level run each)
+MAX_EXHAUSTIVE = 5000
 
 #: Defaults chosen on digits/MLP (docs/worst_case.md): the signSGD step of the paper's rule, and the
 #: projected-descent step on w (the per-step change of a weight is at most ``upper_lr`` × the spread of ℓ_i).
@@ -75,6 +84,11 @@ DEFAULT_UPPER_LR = 30.0
 #: class-wise, a class's mean loss after the whole class left the retain set is large (≈ 10 on digits), and
 #: steps of 30 jump between vertices of the simplex; 1.0 lets the weights settle.
 DEFAULT_UPPER_LR_CLASSWISE = 1.0
+#: method-aware upper steps (data-wise; the method's name → ``upper_lr``): methods whose lower level reacts
+#: to the selection (RL and SalUn relabel the selected points, so their loss after unlearning is large, ≈ 2
+#: to 5 instead of FT's 1e-3 to 1e-2) need a smaller step, one that moves a weight by about as much as FT's
+#: 30 does for FT (docs/worst_case.md, "Method-aware defaults").
+METHOD_UPPER_LR: dict[str, float] = {}
 #: implicit mode: the proximal weight ρ of the lower level g(θ, w) + (ρ/2)‖θ − θ_o‖², and the relative CG
 #: residual at which the linear solve stops (docs/worst_case.md, "Implicit").
 DEFAULT_PROXIMAL = 1.0
@@ -96,6 +110,9 @@ class SearchResult:
     mode adds ``iterations``, ``residual``, ``hvp_count``, ``warm_started``).
     ``objective`` holds F at the initial set and at the final binary set. ``fingerprint``: the data the
     positions index (`unlearning.splits.data_fingerprint`: dataset, split seed, pool size, pool SHA-256).
+    ``per_class`` (exhaustive class-wise search only; written as ``per_class``): F at every set of m classes,
+    keyed by the classes joined with commas (``"3"``, or ``"1,7"`` for m = 2); ``history`` is then empty.
+    ``config["final_rule"]`` names the rule that chose the set ("best", "published" or "exhaustive").
     """
 
     indices: Tensor
@@ -107,6 +124,7 @@ class SearchResult:
     classes: Tensor | None = None
     seconds: float = 0.0
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    per_class: dict[str, float] | None = None
 
     def totals(self) -> dict[str, int]:
         """Work summed over the upper steps: ``upper_steps``, ``hvp`` (Hessian-vector products, implicit mode)
@@ -135,6 +153,11 @@ class SearchResult:
             "config": self.config,
             "history": [jsonable(h) for h in self.history],
             "weights": [float(x) for x in self.weights.detach().cpu().double().tolist()],
+            **(
+                {}
+                if self.per_class is None
+                else {"per_class": {k: float(v) for k, v in self.per_class.items()}}
+            ),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -250,9 +273,12 @@ class SearchConfig:
     ``upper_steps`` and ``upper_lr`` η_w of projected descent on w, ``inner_steps`` K and ``inner_lr`` of the
     lower level, ``gamma`` γ, ``binarize_every`` (None: never), ``classwise``, ``reverse``, ``keep_best``,
     ``batch_size`` (None: the full pool) and ``augment`` of the lower level, implicit mode's ``proximal`` ρ,
-    ``warm_start``, ``damping`` δ, ``cg_iters`` and ``cg_tol``, and ``seed`` (the start set and the batch
-    order). ``None`` in ``inner_lr``, ``upper_lr``, ``proximal``, ``damping`` means "the default", which
-    `resolved` fills in (it needs the method for ``inner_lr``). `search`'s docstring gives the meanings.
+    ``warm_start``, ``damping`` δ, ``cg_iters`` and ``cg_tol``, ``seed`` (the start set and the batch
+    order), ``final_rule`` (`FINAL_RULES`; None: "best" when ``keep_best`` else "published"; given, it sets
+    ``keep_best``), ``exhaustive`` (class-wise only: F at every set of m classes instead of the relaxed
+    search) and ``batchnorm`` (`BATCHNORM_POLICIES`, the lower level's BatchNorm).
+    ``None`` in ``inner_lr``, ``upper_lr``, ``proximal``, ``damping`` means "the default", which `resolved`
+    fills in (it needs the method for ``inner_lr``). `search`'s docstring gives the meanings.
     """
 
     budget: float | int = 0.1
@@ -274,19 +300,30 @@ class SearchConfig:
     cg_iters: int = 10
     cg_tol: float = DEFAULT_CG_TOL
     seed: int = 0
+    final_rule: str | None = None
+    exhaustive: bool = False
+    batchnorm: str = "batch"
 
     def __post_init__(self) -> None:
         one_of(self.hypergrad, "hypergrad", HYPERGRADS)
+        if self.final_rule is not None:
+            one_of(self.final_rule, "final_rule", FINAL_RULES)
+        one_of(self.batchnorm, "batchnorm", BATCHNORM_POLICIES)
         for name, (integer, allow_zero) in _NUMBERS.items():
             value = getattr(self, name)
             if value is not None or name not in _DEFAULTED:
                 number(value, name, integer=integer, allow_zero=allow_zero)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("warm_start", "classwise", "reverse", "keep_best", "augment"):
+        for name in ("warm_start", "classwise", "reverse", "keep_best", "augment", "exhaustive"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _check_budget(self.budget, "classes" if self.classwise else "examples")
+        if self.exhaustive and not self.classwise:
+            raise ValueError(
+                "exhaustive must be False unless classwise=True: the exact search runs the lower level once "
+                "per set of classes (pass classwise=True)"
+            )
         # plain Python numbers (a NumPy scalar, or an int where a float belongs, becomes the float), so the
         # record `asdict` makes of this config holds what the search used
         for name, (integer, _) in _NUMBERS.items():
@@ -301,7 +338,8 @@ class SearchConfig:
         ``proximal`` ρ = `DEFAULT_PROXIMAL` for implicit (its CG solve needs H + ρI ≻ 0), else 0;
         ``damping`` δ = 0 when ρ > 0, else 0.1; ``inner_lr`` = `DEFAULT_SIGN_LR` for the first-order rule
         (signSGD), else ``method.lr`` (`DEFAULT_SGD_LR` when it has none); ``upper_lr`` =
-        `DEFAULT_UPPER_LR` (class-wise `DEFAULT_UPPER_LR_CLASSWISE`)."""
+        `METHOD_UPPER_LR` of the method, else `DEFAULT_UPPER_LR` (class-wise `DEFAULT_UPPER_LR_CLASSWISE`);
+        ``final_rule`` from ``keep_best`` (and ``keep_best`` from a given ``final_rule``)."""
         proximal = self.proximal
         if proximal is None:
             proximal = DEFAULT_PROXIMAL if self.hypergrad == "implicit" else 0.0
@@ -312,8 +350,17 @@ class SearchConfig:
             inner_lr = DEFAULT_SIGN_LR if first_order else float(getattr(method, "lr", DEFAULT_SGD_LR))
         upper_lr = self.upper_lr
         if upper_lr is None:
-            upper_lr = DEFAULT_UPPER_LR_CLASSWISE if self.classwise else DEFAULT_UPPER_LR
-        return replace(self, proximal=proximal, damping=damping, inner_lr=inner_lr, upper_lr=upper_lr)
+            upper_lr = _default_upper_lr(self, method)
+        rule = self.final_rule or ("best" if self.keep_best else "published")
+        return replace(
+            self,
+            proximal=proximal,
+            damping=damping,
+            inner_lr=inner_lr,
+            upper_lr=upper_lr,
+            final_rule=rule,
+            keep_best=rule == "best",
+        )
 
     def record(self) -> dict[str, Any]:
         """``asdict(self)`` as a result records it: the implicit-only options (``warm_start``, ``damping``,
@@ -322,6 +369,14 @@ class SearchConfig:
         if self.hypergrad != "implicit":
             fields.update(warm_start=None, damping=None, cg_iters=None, cg_tol=None)
         return fields
+
+
+def _default_upper_lr(cfg: SearchConfig, method: Any) -> float:
+    """``upper_lr`` when none is given: class-wise `DEFAULT_UPPER_LR_CLASSWISE`; data-wise the method's entry
+    of `METHOD_UPPER_LR` (by its ``name``), else `DEFAULT_UPPER_LR`."""
+    if cfg.classwise:
+        return DEFAULT_UPPER_LR_CLASSWISE
+    return METHOD_UPPER_LR.get(str(getattr(method, "name", "")), DEFAULT_UPPER_LR)
 
 
 def _config_of(config: SearchConfig | None, options: dict[str, Any]) -> SearchConfig:
@@ -346,13 +401,40 @@ def _per_sample_loss(module: nn.Module, theta: dict, buffers: dict, x: Tensor, y
 def per_sample_losses(
     module: nn.Module, theta: dict, buffers: dict, data: ArrayData, chunk: int = 2048
 ) -> Tensor:
-    """ℓ_i(θ) = CE(f_θ(x_i), y_i) for every row of ``data``, without a graph (chunks of ``chunk``)."""
+    """ℓ_i(θ) = CE(f_θ(x_i), y_i) for every row of ``data``, without a graph (chunks of ``chunk``; one chunk
+    when ``module`` normalises with batch statistics, so every ℓ_i sees the statistics of the whole pool, as
+    the differentiable path does)."""
+    if uses_batch_statistics(module):
+        chunk = max(1, len(data))
     with torch.no_grad():
         parts = [
             _per_sample_loss(module, theta, buffers, data.x[i : i + chunk], data.y[i : i + chunk])
             for i in range(0, len(data), chunk)
         ]
     return torch.cat(parts)
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``module`` normalises with the statistics of its input batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+
+
+def set_batchnorm_policy(module: nn.Module, policy: str) -> nn.Module:
+    """Put ``module``'s BatchNorm layers under ``policy`` (in place; see `BATCHNORM_POLICIES`).
+
+    ``"batch"``: BN layers in training mode with ``track_running_stats=False``, so
+    x̂ = (x − μ_B)/√(σ²_B + ε) with the mean and (biased) variance of the batch evaluated, differentiable in
+    θ, and no buffer is read or written (the lower level stays a pure function of θ and w). ``"running"``:
+    eval mode, x̂ = (x − μ)/√(σ² + ε) with the running statistics of the buffers (for a freshly reset
+    network μ = 0, σ² = 1: no normalisation).
+    Models without BatchNorm are unchanged by either."""
+    one_of(policy, "batchnorm", BATCHNORM_POLICIES)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            batch = policy == "batch"
+            m.train(batch)
+            m.track_running_stats = not batch
+    return module
 
 
 def build_problem(
@@ -367,15 +449,22 @@ def build_problem(
     differentiable: bool = True,
     proximal: float = 0.0,
     anchor: dict[str, Tensor] | None = None,
+    batchnorm: str = "batch",
 ) -> bilevel.BilevelProblem:
     """The worst-case `bilevel.BilevelProblem` over inner θ (a dict like ``bound.initial_state()[0]``) and
     outer ``{"w": w}``.
 
     inner_loss(θ, {w}, batch) = ``bound.lower_loss(θ, buffers, batch, weights)`` with batch = (x, y, index)
     of the pool (``None``: the whole pool) and weights = w (data-wise) or w[y] (class-wise);
-    outer_loss(θ, {w}) = s·Σ_i w_i ℓ_i(θ) + γ‖w‖² (data-wise) or s·Σ_c w_c·mean_{y_i=c} ℓ_i(θ) + γ‖w‖²
-    (class-wise), s = −1 when ``reverse`` else 1. ``differentiable=False`` evaluates ℓ without a graph in
-    θ (enough for the first-order rule, which only needs ∂F/∂w; saves the memory of a pool-sized graph).
+    outer_loss(θ, {w}) = s·(Σ_i w_i ℓ_i(θ) + γ‖w‖²) (data-wise) or s·(Σ_c w_c·mean_{y_i=c} ℓ_i(θ) + γ‖w‖²)
+    (class-wise), s = −1 when ``reverse`` else 1 (the published ``reverse_optimize_select`` ascends
+    Σ w_i ℓ_i + γ‖w‖², so the γ term flips with the sign). ``differentiable=False`` evaluates ℓ without a
+    graph in θ (enough for the first-order rule, which only needs ∂F/∂w; saves the memory of a pool-sized
+    graph).
+
+    ``batchnorm``: the policy of the bound module's BatchNorm layers in the lower and the upper level
+    (`set_batchnorm_policy`; ``"batch"``, as the published code trains, or ``"running"``); the module is
+    changed in place.
 
     ``proximal`` ρ > 0 adds (ρ/2)‖θ − θ_a‖² to the inner loss, θ_a = ``anchor`` (the lower level's start,
     θ_o): its Hessian is then H + ρI, positive definite wherever λ_min(H) > −ρ (near θ_o, where the original
@@ -387,6 +476,7 @@ def build_problem(
         raise ValueError("proximal > 0 needs anchor, the weights θ_o the lower level is held near")
     rho = float(proximal)
     anchor = None if not rho else {k: v.detach() for k, v in anchor.items()}
+    set_batchnorm_policy(bound.module, batchnorm)
     x_all, y_all = pool.x, pool.y
     n = len(pool)
     full = (x_all, y_all, torch.arange(n, device=x_all.device))
@@ -422,7 +512,7 @@ def build_problem(
             term = (w * means).sum()
         else:
             term = (w * losses).sum()
-        return sign * term + gamma * (w * w).sum()
+        return sign * (term + gamma * (w * w).sum())
 
     return bilevel.BilevelProblem(inner_loss, outer_loss)
 
@@ -580,6 +670,8 @@ def search(
     model, task, about = _resolve_target(target)
     run = _set_up(model, task, about, method, _config_of(config, options), hparams, device)
     cfg = run.config
+    if cfg.exhaustive:
+        return _exhaustive(run, progress, started)
     recorder = _Recorder(run, progress)
     try:
         with seeded(cfg.seed, run.device):
@@ -587,7 +679,7 @@ def search(
             final, objective = _final_set(run, w, recorder)
     finally:
         recorder.close()
-    return _result(run, recorder, w, final, objective, time.perf_counter() - started)
+    return _result(run, recorder.history, recorder.tops, w, final, objective, time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------ search: set-up
@@ -658,6 +750,7 @@ def _set_up(
         differentiable=cfg.hypergrad != "first_order",
         proximal=cfg.proximal,
         anchor=theta0,
+        batchnorm=cfg.batchnorm,
     )
     solver = make_solver(
         cfg.hypergrad,
@@ -732,7 +825,7 @@ class _Recorder:
 
     def record(self, step: int, new: Tensor, hg: bilevel.Hypergrad) -> None:
         """Upper step ``step`` (from 1) moved w to ``new``; ``hg`` is the hypergradient taken at the old w,
-        so its outer loss is F(w_old), and Σ w_i ℓ_i = s·(F − γ‖w_old‖²)."""
+        so its outer loss is F(w_old), and Σ w_i ℓ_i = s·F − γ‖w_old‖²."""
         cfg, m = self.run.config, self.run.budget_size
         objective = float(hg.info["outer_loss"])
         reg = cfg.gamma * float((self.w * self.w).sum())
@@ -741,7 +834,7 @@ class _Recorder:
         entry = {
             "step": step,
             "objective": objective,
-            "forget_loss": (objective - reg) * (-1.0 if cfg.reverse else 1.0),
+            "forget_loss": objective * (-1.0 if cfg.reverse else 1.0) - reg,
             "weight_sum": float(new.sum()),
             "changed": int((top & ~self.top).sum()),
             "overlap_previous": float((top & self.top).sum()) / m,
@@ -801,6 +894,45 @@ def _upper_loop(run: _Run, recorder: _Recorder) -> Tensor:
     return w
 
 
+# --------------------------------------------------------------------------- search: exact, class-wise
+def _exhaustive(run: _Run, progress: Any, started: float) -> SearchResult:
+    """The exact class-wise worst case: F(v) at the indicator v of every set of m classes present in the
+    pool (one lower-level run each, from θ_o, as every upper step of the relaxed search runs it), and the set
+    of lowest F (ties: the first in sorted order). ``per_class`` holds every value; ``objective`` F at the
+    random start set (``initial``) and at the chosen set (``final`` = ``last``)."""
+    import itertools
+
+    present = sorted(set(run.pool.y.cpu().tolist()))
+    sets = list(itertools.combinations(present, run.budget_size))
+    if len(sets) > MAX_EXHAUSTIVE:
+        raise ValueError(
+            f"exhaustive: {len(sets)} sets of {run.budget_size} classes exceed {MAX_EXHAUSTIVE} lower-level "
+            "runs: lower the budget or use the relaxed search (exhaustive=False)"
+        )
+    update, close = _progress_fn(progress, len(sets), f"exact class-wise worst case ({run.method.name})")
+    per_class: dict[str, float] = {}
+    try:
+        with seeded(run.config.seed, run.device):
+            for done, classes in enumerate(sets, 1):
+                v = torch.zeros(run.size, dtype=torch.float64, device=run.device)
+                v[list(classes)] = 1.0
+                per_class[",".join(map(str, classes))] = _objective_at(
+                    run.problem, run.solver, run.theta0, v, run.batches
+                )
+                update(done)
+    finally:
+        close()
+    best = min(per_class, key=per_class.__getitem__)
+    final = torch.zeros(run.size, dtype=torch.float64, device=run.device)
+    final[[int(c) for c in best.split(",")]] = 1.0
+    start = ",".join(str(int(c)) for c in run.start_classes.tolist())
+    objective = {"initial": per_class[start], "final": per_class[best], "last": per_class[best]}
+    result = _result(run, [], [], final, final, objective, time.perf_counter() - started)
+    result.config["final_rule"] = "exhaustive"
+    result.per_class = per_class
+    return result
+
+
 # ------------------------------------------------------------------------------ search: finalisation
 def _final_set(run: _Run, w: Tensor, recorder: _Recorder) -> tuple[Tensor, dict[str, float]]:
     """The final binary w and ``objective`` {initial, final, last}: top-m(w) and F there (``last``); with
@@ -820,7 +952,13 @@ def _final_set(run: _Run, w: Tensor, recorder: _Recorder) -> tuple[Tensor, dict[
 
 
 def _result(
-    run: _Run, recorder: _Recorder, w: Tensor, final: Tensor, objective: dict[str, float], seconds: float
+    run: _Run,
+    history: list[dict[str, Any]],
+    tops: list[Tensor],
+    w: Tensor,
+    final: Tensor,
+    objective: dict[str, float],
+    seconds: float,
 ) -> SearchResult:
     """The `SearchResult`: the chosen set (class-wise: every example of the chosen classes), each history
     entry's ``overlap_final`` |top-m(w_k) ∩ final| / m, and the ``config`` record."""
@@ -828,7 +966,7 @@ def _result(
     final_set = final.bool().nonzero().squeeze(1)
     final_cpu = torch.zeros(run.size, dtype=torch.bool)
     final_cpu[final_set.cpu()] = True
-    for entry, top in zip(recorder.history, recorder.tops):
+    for entry, top in zip(history, tops):
         entry["overlap_final"] = float(final_cpu[top.cpu()].sum()) / m
     if cfg.classwise:
         chosen_classes = final_set.cpu().sort().values
@@ -840,7 +978,7 @@ def _result(
     return SearchResult(
         indices=indices,
         weights=w.detach().cpu(),
-        history=recorder.history,
+        history=history,
         config=_record(run),
         initial_indices=run.start.cpu().sort().values,
         objective=objective,

@@ -2,6 +2,8 @@
 
     python docs/results/compare.py table docs/results/stress-digits        # one run, every method
     python docs/results/compare.py modes docs/results/modes/first_order docs/results/modes/unrolled ...
+    python docs/results/compare.py ci docs/results/stress-digits-10seeds    # mean ± 95% CI over seeds
+    python docs/results/compare.py sweep docs/results/salun-rl-sweep-digits [STRESS_DIR]
 
 ``table``: per method (mean over the seeds whose run finished), UA, RA, TA, MIA-Efficacy and Avg. Gap to
 Retrain on the random and worst-case sets, and the gap's change; a method that diverged on some seeds says so
@@ -12,14 +14,34 @@ the hypergradient mode and upper steps of the search, its mean seconds per seed,
 the random start, Retrain's UA on the worst-case sets (lower = harder to tell apart from training data), the
 mean Avg. Gap of the methods on the worst-case and random sets, and the methods whose gap grows the most.
 Prints a markdown table.
+
+``ci``: like ``table``, but each cell is mean ± the half-width of a 95% confidence interval of the mean over
+the seeds (Student's t: t_{0.975, n-1} · s / √n, s the sample standard deviation, n the seeds whose run
+finished), and Δ gap is the mean ± half-width of the per-seed paired difference worst − random. A rerun on
+another machine (whose float32 kernels can differ, hence a slightly different search) is a new draw of the
+same seeds' noise; its means should fall inside these intervals about 95% of the time.
+
+``sweep``: a hyper-parameter sweep written by ``docs/results/tune_random.py`` (random forget sets, many
+seeds). Per method: its default candidate, the candidate ``--tune`` would pick (smallest gap on the first
+seed; its mean over the other seeds, so the choice is not scored on the seed that chose it), and the
+candidate with the smallest mean gap over all seeds (the most favourable, optimistic reading); each as Avg.
+Gap mean ± 95% CI, its standard deviation over seeds, and the mean UA / MIA. With STRESS_DIR (a ``stress``
+report on the same dataset and seeds), the other methods' random-set rows at their defaults follow, after a
+check that Retrain's rows are the same; a sweep run with ``--twin`` adds its second Retrain (seed + 1000),
+the gap's noise floor. ``sweep DIR --grid`` prints every candidate's mean gap instead.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
+
+from unlearning.methods import resolve
+
+COLS = ("UA", "RA", "TA", "MIA", "avg_gap")
 
 
 def row(folder: Path) -> str:
@@ -68,6 +90,160 @@ def table(folder: Path) -> None:
     )
 
 
+def half_width(values: list[float]) -> float:
+    """Half-width of the 95% Student-t confidence interval of the mean of ``values`` (nan for n < 2)."""
+    if len(values) < 2:
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _ci(values: list[float], sign: str = "") -> str:
+    """Mean ± 95% CI half-width; the mean alone for one value, — for none."""
+    if len(values) < 2:
+        return f"{values[0]:{sign}.2f}" if values else "—"
+    return f"{statistics.mean(values):{sign}.2f} ± {half_width(values):.2f}"
+
+
+def _finished(rows: list[dict], method: str, selection: str | None = None) -> dict[int, dict]:
+    """``{seed: row}`` of ``method``'s finished rows (on ``selection`` when given)."""
+    return {
+        r["seed"]: r
+        for r in rows
+        if r["method"] == method
+        and (selection is None or r.get("selection") == selection)
+        and r.get("avg_gap") is not None
+    }
+
+
+def ci(folder: Path) -> None:
+    rep = json.loads((folder / "report.json").read_text())
+    rows = rep["results"]
+    seeds = rep["config"]["seeds"]
+    tested = [m["name"] for m in rep["config"]["methods"]]
+    head = " | ".join(f"{c if c != 'avg_gap' else 'Avg. Gap'} rand / worst" for c in COLS)
+    print(f"| method | seeds | {head} | Δ gap (paired) |")
+    print("|---|--:|" + "--:|" * (len(COLS) + 1))
+    for name in ("original", "retrain", *tested):
+        r, w = _finished(rows, name, "random"), _finished(rows, name, "worst")
+        cells = " | ".join(
+            f"{_ci([x[c] for x in r.values()])} / {_ci([x[c] for x in w.values()])}" for c in COLS
+        )
+        both = sorted(set(r) & set(w))
+        delta = _ci([w[s]["avg_gap"] - r[s]["avg_gap"] for s in both], "+") if name != "retrain" else ""
+        n = f"{len(r)} / {len(w)}" if len(r) != len(w) or len(r) != len(seeds) else str(len(r))
+        print(f"| {name} | {n} | {cells} | {delta} |")
+    names = [
+        n
+        for n in tested
+        if len(_finished(rows, n, "random")) == len(_finished(rows, n, "worst")) == len(seeds)
+    ]
+    per_seed = {
+        sel: [statistics.mean(_finished(rows, n, sel)[s]["avg_gap"] for n in names) for s in seeds]
+        for sel in ("random", "worst")
+    }
+    diff = [w - r for r, w in zip(per_seed["random"], per_seed["worst"])]
+    blank = " | ".join("" for _ in COLS[:-1])
+    print(
+        f"| **mean of the {len(names)} methods** | {len(seeds)} | {blank} | {_ci(per_seed['random'])} / "
+        f"{_ci(per_seed['worst'])} | {_ci(diff, '+')} |"
+    )
+
+
+def _key(overrides: dict) -> str:
+    return json.dumps(overrides, sort_keys=True)
+
+
+def _label(overrides: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in overrides.items()) or "defaults"
+
+
+def _sweep_line(name: str, how: str, overrides: dict, rows: dict[int, dict], seeds: list[int]) -> str:
+    """One candidate over ``seeds``: ``rows`` maps a seed to its row (finished, or diverged: no gap)."""
+    done = [rows[s] for s in seeds if s in rows and rows[s].get("avg_gap") is not None]
+    gaps = [r["avg_gap"] for r in done]
+    diverged = len([s for s in seeds if s in rows]) - len(done)
+    std = f"{statistics.stdev(gaps):.2f}" if len(gaps) > 1 else "—"
+    means = " | ".join(f"{statistics.mean(r[c] for r in done):.2f}" if done else "—" for c in ("UA", "MIA"))
+    note = f" ({diverged} diverged)" if diverged else ""
+    return f"| {name} | {how} | {_label(overrides)} | {len(gaps)}{note} | {_ci(gaps)} | {std} | {means} |"
+
+
+def _sweep_cells(rep: dict) -> dict[str, list[tuple[dict, dict[int, dict]]]]:
+    """``{method: [(candidate, {seed: row}), ...]}`` of a ``tune_random.py`` report (a diverged row has
+    ``diverged`` and no metrics; tune_random.py writes ``avg_gap`` only for finished runs)."""
+    cfg = rep["config"]
+    grids = cfg.get("grids") or {m: cfg["grid"] for m in cfg["methods"]}
+    return {
+        m: [
+            (
+                c,
+                {r["seed"]: r for r in rep["rows"] if r["method"] == m and _key(r["overrides"]) == _key(c)},
+            )
+            for c in grids[m]
+        ]
+        for m in cfg["methods"]
+    }
+
+
+def _sweep_grid(cells: dict[str, list[tuple[dict, dict[int, dict]]]]) -> None:
+    print("| method | candidate | seeds | Avg. Gap mean ± 95% CI | UA | RA | TA | MIA |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
+    for m, cands in cells.items():
+        for c, every in cands:
+            rows = {s: r for s, r in every.items() if "diverged" not in r}
+            means = " | ".join(
+                f"{statistics.mean(r[k] for r in rows.values()):.2f}" if rows else "—" for k in COLS[:4]
+            )
+            gap = _ci([r["avg_gap"] for r in rows.values()])
+            print(f"| {m} | {_label(c)} | {len(rows)} | {gap} | {means} |")
+
+
+def _check_same_retrain(rep: dict, stress: dict) -> None:
+    ref = _finished(stress["results"], "retrain", "random")
+    for s in rep["seeds"]:
+        mine = next(r for r in rep["rows"] if r["seed"] == s and r["method"] == "retrain")
+        if any(abs(mine[c] - ref[s][c]) > 1e-9 for c in ("UA", "RA", "TA", "MIA")):
+            sys.exit(f"Retrain's random-set row of seed {s} differs between the sweep and the stress report")
+
+
+def sweep(folder: Path, stress_dir: Path | None = None, grid: bool = False) -> None:
+    rep = json.loads((folder / "report.json").read_text())
+    seeds, cells = rep["seeds"], _sweep_cells(rep)
+    if grid:
+        _sweep_grid(cells)
+        return
+    print("| method | candidate | hyper-parameters | seeds | Avg. Gap mean ± 95% CI | std | UA | MIA |")
+    print("|---|---|---|--:|--:|--:|--:|--:|")
+    first, rest = seeds[0], seeds[1:] or seeds[:1]
+    for m, cands in cells.items():
+        built = resolve(m)
+        for c, rows in cands:
+            if all(getattr(built, k) == v for k, v in c.items()):
+                print(_sweep_line(m, "default", c, rows, seeds))
+        ran = [(c, r) for c, r in cands if "avg_gap" in r.get(first, {})]
+        c, rows = min(ran, key=lambda cr: cr[1][first]["avg_gap"])
+        how = f"tuned on seed {first}" + (", scored on the other seeds" if len(seeds) > 1 else "")
+        print(_sweep_line(m, how, c, rows, rest))
+        complete = [(c, r) for c, r in cands if all("avg_gap" in r.get(s, {}) for s in seeds)]
+        if len(seeds) > 1 and complete:
+            c, rows = min(complete, key=lambda cr: statistics.mean(cr[1][s]["avg_gap"] for s in seeds))
+            print(_sweep_line(m, "best mean over all seeds", c, rows, seeds))
+    twin = {r["seed"]: r for r in rep["rows"] if r["method"] == "retrain_twin"}
+    if twin:
+        print(
+            _sweep_line("retrain_twin", "Retrain again, seed + 1000 (the gap's noise floor)", {}, twin, seeds)
+        )
+    if stress_dir is not None:
+        stress = json.loads((stress_dir / "report.json").read_text())
+        _check_same_retrain(rep, stress)
+        for m in [x["name"] for x in stress["config"]["methods"]]:
+            print(
+                _sweep_line(m, "default (stress run)", {}, _finished(stress["results"], m, "random"), seeds)
+            )
+
+
 def modes(folders: list[str]) -> None:
     print(
         "| hypergrad | upper steps | search s / seed | overlap with random | Retrain UA (worst) "
@@ -78,10 +254,20 @@ def modes(folders: list[str]) -> None:
         print(row(Path(folder)))
 
 
+USAGE = (
+    "usage: compare.py table DIR | compare.py ci DIR | compare.py modes DIR [DIR ...] | "
+    "compare.py sweep DIR [STRESS_DIR] [--grid]"
+)
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("table", "modes"):
-        sys.exit("usage: compare.py table DIR | compare.py modes DIR [DIR ...]")
+    if len(sys.argv) < 3 or sys.argv[1] not in ("table", "modes", "ci", "sweep"):
+        sys.exit(USAGE)
     if sys.argv[1] == "table":
         table(Path(sys.argv[2]))
+    elif sys.argv[1] == "ci":
+        ci(Path(sys.argv[2]))
+    elif sys.argv[1] == "sweep":
+        extra = [a for a in sys.argv[3:] if a != "--grid"]
+        sweep(Path(sys.argv[2]), Path(extra[0]) if extra else None, grid="--grid" in sys.argv[3:])
     else:
         modes(sys.argv[2:])

@@ -33,6 +33,8 @@ OLD_OPTIONS = dict(
     budget=6, hypergrad="implicit", upper_steps=3, inner_steps=2, binarize_every=2, gamma=0.1, seed=1
 )
 TIMING = {"seconds", "hypergrad_seconds"}
+#: the config keys issue 15 added (after the older ones, before ``device``)
+NEW_KEYS = ["final_rule", "exhaustive", "batchnorm"]
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -148,8 +150,12 @@ def test_record_keeps_the_keys_order_and_values_of_the_old_search():
     loaded = SearchResult.load(OLD_RESULT)
     assert loaded.indices.tolist() == old["indices"] and loaded.config == old["config"]
     new = search((tiny_model(), tiny_task()), "ft", progress=False, **OLD_OPTIONS)
-    assert list(new.config) == list(old["config"])
-    assert new.config == old["config"]
+    # issue 15 added three settings, recorded just before the device: the final-set rule, the exact
+    # class-wise switch and the BatchNorm policy; every older key keeps its place and value
+    old_keys = list(old["config"])
+    assert list(new.config) == [*old_keys[:-1], *NEW_KEYS, old_keys[-1]]
+    assert {k: v for k, v in new.config.items() if k not in NEW_KEYS} == old["config"]
+    assert [new.config[k] for k in NEW_KEYS] == ["best", False, "batch"]
     assert list(new.to_dict()) == [k for k in old if k != "note"]
     assert [list(e) for e in new.to_dict()["history"]] == [list(e) for e in old["history"]]
 
@@ -157,7 +163,7 @@ def test_record_keeps_the_keys_order_and_values_of_the_old_search():
 def test_record_of_a_prepared_experiment_starts_with_its_data(digits_random):
     old_keys = list(json.loads(OLD_RESULT.read_text())["config"])
     r = search(digits_random, "ft", budget=0.05, upper_steps=1, inner_steps=1, progress=False)
-    assert list(r.config) == ["dataset", "model", "split_seed", *old_keys]
+    assert list(r.config) == ["dataset", "model", "split_seed", *old_keys[:-1], *NEW_KEYS, old_keys[-1]]
     assert (r.config["dataset"], r.config["model"], r.config["split_seed"]) == ("digits", "mlp", 0)
     assert r.config["warm_start"] is None and r.config["cg_tol"] is None  # implicit-only options
     expected = {**dataclasses.asdict(SearchConfig(budget=0.05, upper_steps=1, inner_steps=1).resolved())}

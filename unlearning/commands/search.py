@@ -58,7 +58,7 @@ def _budget(text: str) -> float | int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from unlearning.commands.unlearn import add_experiment_arguments
-    from unlearning.worst_case import DEFAULT_PROXIMAL, HYPERGRADS
+    from unlearning.worst_case import DEFAULT_PROXIMAL, FINAL_RULES, HYPERGRADS
 
     p = subparsers.add_parser(
         "search",
@@ -67,7 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--method", default="ft", help="unlearning method (default: ft; see unlearn --list-methods)"
+        "--method",
+        "--search-method",
+        dest="method",
+        default="ft",
+        help="unlearning method whose worst case is searched (default: ft; see unlearn --list-methods); "
+        "its upper step defaults to the method's (docs/worst_case.md, 'Method-aware defaults')",
     )
     p.add_argument(
         "--budget",
@@ -117,6 +122,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--classwise", action="store_true", help="search over classes (budget = number of classes)"
     )
     p.add_argument("--reverse", action="store_true", help="the best case: the set easiest to forget")
+    p.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="with --classwise: the exact worst case, F at every set of --budget classes (one lower-level "
+        "run each), written as per_class in worst_case.json",
+    )
+    p.add_argument(
+        "--final-rule",
+        choices=FINAL_RULES,
+        help="the returned set: best (the binary set of lowest F met: the start, each binarisation, the last "
+        "top-m; default) or published (top-m of the last w, as the published code)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the search")
     p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyper-parameter (repeatable)")
@@ -129,6 +146,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _check(args: argparse.Namespace) -> None:
     check_experiment(args)
     check_at_least_one(args, "upper_steps", "lower_steps", "batch_size", "threads")
+    if args.exhaustive and not args.classwise:
+        raise CLIError(
+            "argument --exhaustive: needs --classwise (the exact search runs once per set of classes)"
+        )
     if args.binarize_every < 0:
         raise CLIError(f"argument --binarize-every: must be >= 0 (0 = never), got {args.binarize_every}")
     for flag in ("inner_lr", "upper_lr"):
@@ -162,6 +183,8 @@ def search_config(args: argparse.Namespace) -> Any:
         proximal=args.proximal,
         warm_start=not args.no_warm_start,
         seed=args.seed,
+        final_rule=args.final_rule,
+        exhaustive=args.exhaustive,
     )
 
 
@@ -271,7 +294,7 @@ def _rows(report: dict) -> list[tuple[str, str, str]]:
             ),
             (f"UA after {c['method']} (%)", f"{f['UA_after']:.2f}", f"{r['UA_after']:.2f}"),
         ]
-    per_step = sorted(e["seconds"] for e in h)[len(h) // 2]
+    per_step = sorted(e["seconds"] for e in h)[len(h) // 2] if h else 0.0
     totals = report.get("totals") or {}
     if totals.get("hvp"):
         rows.append(
@@ -333,9 +356,21 @@ def markdown(report: dict) -> str:
     ]
     if report.get("classes") is not None:
         lines += [f"Classes selected: {report['classes']}.", ""]
+    if report.get("per_class"):
+        ranked = sorted(report["per_class"].items(), key=lambda kv: kv[1])
+        lines += [
+            "Exact search: F at every set of classes (lowest first).",
+            "",
+            "| classes | F |",
+            "|---|---:|",
+            *[f"| {k} | {v:.4f} |" for k, v in ranked],
+            "",
+        ]
     if _note(report):
         lines += [f"**{_note(report)}**", ""]
     flags = " --classwise" * c["classwise"] + " --reverse" * c["reverse"]
+    flags += " --exhaustive" * bool(c.get("exhaustive"))
+    flags += " --final-rule published" if c.get("final_rule") == "published" else ""
     flags += f" --proximal {c.get('proximal', 0.0):g}" if c.get("proximal") else ""
     flags += " --no-warm-start" if c.get("warm_start") is False else ""
     lines += [
