@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import bilevel
-from bilevel import CappedSimplex, optim
+from bilevel import CappedSimplex
 from tests.unlearning.test_methods_helpers import K, tiny_task
+from tests.unlearning.test_worst_case import assert_unrolled_matches_finite_differences
 from unlearning.methods import make
 from unlearning.worst_case import (
     SearchConfig,
@@ -67,20 +68,7 @@ def test_unrolled_hypergradient_matches_finite_differences_on_a_batchnorm_model(
     problem = build_problem(bound, task.pool, buffers, gamma=0.3, batchnorm="batch")
     assert uses_batch_statistics(bound.module)
     w = CappedSimplex(12.0).project(torch.rand(48, generator=torch.Generator().manual_seed(1)).double() / 2)
-    lr, steps = 0.5, 6
-    hg = make_solver("unrolled", inner_steps=steps, inner_lr=lr).hypergrad(problem, theta0, {"w": w})
-
-    def F_of(v):
-        theta = bilevel.solve_inner(problem, optim.SGD(lr=lr), steps, theta0, {"w": v})
-        with torch.no_grad():
-            return float(problem.outer_loss(theta, {"w": v}, None))
-
-    g = torch.Generator().manual_seed(2)
-    eps = 1e-5
-    for _ in range(3):
-        d = torch.randn(w.shape, generator=g, dtype=torch.float64)
-        fd = (F_of(w + eps * d) - F_of(w - eps * d)) / (2 * eps)
-        assert float(hg.grad["w"] @ d) == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    assert_unrolled_matches_finite_differences(problem, theta0, w)
 
 
 def test_search_records_the_batchnorm_policy_and_runs_both():
