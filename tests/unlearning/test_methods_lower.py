@@ -12,7 +12,7 @@ from unlearning.methods import FT, REGISTRY, RL, make
 from unlearning.methods.boundary import fgsm
 from unlearning.methods.scrub import distill_kl
 
-LOWER = [n for n in REGISTRY if n != "iu"]
+LOWER = [n for n in REGISTRY if n not in ("iu", "ff")]  # one-shot methods: no lower level
 
 
 def setup(name):

@@ -34,6 +34,7 @@ NAMES = [
     "cf_k",
     "salun",
     "salun_soft",
+    "ff",
 ]
 
 

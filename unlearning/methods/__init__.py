@@ -1,4 +1,4 @@
-"""The unlearning methods: one protocol (`Method`: ``unlearn`` and ``lower_loss``), thirteen methods, a
+"""The unlearning methods: one protocol (`Method`: ``unlearn`` and ``lower_loss``), fourteen methods, a
 registry.
 
 ``make("salun", lr=0.02)`` builds one by name; ``REGISTRY`` maps names to classes; hyper-parameters are the
@@ -9,6 +9,7 @@ from unlearning.methods.base import Method, NoLowerLevelError, Unlearned
 from unlearning.methods.boundary import BE, BS
 from unlearning.methods.common import Iterative
 from unlearning.methods.finetune import FT
+from unlearning.methods.fisher import FF
 from unlearning.methods.gradient_ascent import GA
 from unlearning.methods.influence import IU, woodfisher_recursion
 from unlearning.methods.last_layers import CFk, EUk
@@ -25,6 +26,7 @@ __all__ = [
     "BS",
     "CFk",
     "EUk",
+    "FF",
     "FT",
     "GA",
     "IU",

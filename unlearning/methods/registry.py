@@ -7,6 +7,7 @@ from typing import Any
 from unlearning.methods.base import Method
 from unlearning.methods.boundary import BE, BS
 from unlearning.methods.finetune import FT
+from unlearning.methods.fisher import FF
 from unlearning.methods.gradient_ascent import GA
 from unlearning.methods.influence import IU
 from unlearning.methods.last_layers import CFk, EUk
@@ -17,7 +18,8 @@ from unlearning.methods.scrub import SCRUB
 from unlearning.methods.sparse import L1Sparse
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Retrain, FT, GA, RL, IU, L1Sparse, BS, BE, SCRUB, EUk, CFk, SalUn, SalUnSoft)
+    cls.name: cls
+    for cls in (Retrain, FT, GA, RL, IU, L1Sparse, BS, BE, SCRUB, EUk, CFk, SalUn, SalUnSoft, FF)
 }
 
 
