@@ -11,10 +11,12 @@ makes an ``nn.Module`` a pure function with an explicit BatchNorm-buffer policy.
 """
 
 from . import optim, problems
+from .batched import Batched, batched
 from .check import HypergradCheck, check_hypergrad
 from .constraints import Box, CappedSimplex, top_k
 from .first_order import FirstOrder
 from .forward import Forward
+from .graphed import Graphed, graphed
 from .hypergrad import Hypergrad, Solver
 from .implicit import Implicit
 from .inner import solve_inner
@@ -49,6 +51,10 @@ __all__ = [
     "Profile",
     "ProfileRow",
     "Hypergrad",
+    "graphed",
+    "Graphed",
+    "batched",
+    "Batched",
     "FunctionalModule",
     "optim",
     "problems",

@@ -19,9 +19,9 @@ from . import tree
 from .hypergrad import Call, Solver, Step, check_optimizer
 from .inner import run_inner
 from .linearize import linearize, outer_partials
-from .monitor import MAX_GROWTH
+from .monitor import MAX_GROWTH, Monitor
 from .problem import BilevelProblem, DataStream, check_scalar
-from .tree import Params, check_finite
+from .tree import Params
 from .validate import number, positive_int
 
 MODES = ("partial", "identity", "f2sa")
@@ -122,16 +122,17 @@ class FirstOrder(Solver):
         d_theta, d_lam, f_value = outer_partials(
             problem, theta, lam, outer_batch, theta_too=self.mode == "identity"
         )
-        check_finite(f_value, "outer_loss at the inner solution")
-        check_finite(d_lam, "∂f/∂λ at the inner solution")
+        call.monitor.finite(f_value, "outer_loss at the inner solution")
+        call.monitor.finite(d_lam, "∂f/∂λ at the inner solution")
         info: dict[str, Any] = {"mode": self.mode, "inner_steps": self.steps, "hvp_count": 0}
         if self.mode == "partial":
             grad = d_lam
         elif self.mode == "identity":
-            check_finite(d_theta, "∂f/∂θ at the inner solution")
-            grad = tree.sub(d_lam, tree.scale(self._mixed(problem, theta, lam, batch, d_theta), self.c))
+            call.monitor.finite(d_theta, "∂f/∂θ at the inner solution")
+            mixed = self._mixed(problem, theta, lam, batch, d_theta, call.capturable)
+            grad = tree.sub(d_lam, tree.scale(mixed, self.c))
         else:
-            grad, extra = self._f2sa(problem, theta, lam, stream, batch, outer_batch)
+            grad, extra = self._f2sa(problem, theta, lam, stream, batch, outer_batch, call.monitor)
             info.update(extra)
         return Step(
             grad=grad,
@@ -143,10 +144,18 @@ class FirstOrder(Solver):
             info=info,
         )
 
-    def _mixed(self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params) -> Params:
+    def capture_problem(self) -> str | None:
+        """Every mode is capturable."""
+        return None
+
+    def _mixed(
+        self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params, capturable: bool
+    ) -> Params:
         """∇²_λθ g · v, by central differences (DARTS) or exactly."""
         if not self.finite_difference:
             return linearize(problem, theta, lam, batch).mixed(v)
+        if capturable:
+            return self._mixed_on_device(problem, theta, lam, batch, v)
         v_norm = float(tree.norm(v))
         if v_norm == 0.0:
             return tree.zeros_like(lam)
@@ -154,6 +163,18 @@ class FirstOrder(Solver):
         plus = _lambda_grad_of_inner(problem, tree.add(theta, v, eps), lam, batch)
         minus = _lambda_grad_of_inner(problem, tree.add(theta, v, -eps), lam, batch)
         return tree.scale(tree.sub(plus, minus), 1.0 / (2 * eps))
+
+    def _mixed_on_device(
+        self, problem: BilevelProblem, theta: Params, lam: Params, batch: Any, v: Params
+    ) -> Params:
+        """The central difference of `_mixed` with ε = eps/‖v‖ a tensor (no host read); 0 where v = 0."""
+        v_norm = tree.norm(v)
+        nonzero = v_norm != 0
+        eps = self.eps / torch.where(nonzero, v_norm, torch.ones_like(v_norm))
+        plus = _lambda_grad_of_inner(problem, tree.add(theta, v, eps), lam, batch)
+        minus = _lambda_grad_of_inner(problem, tree.add(theta, v, -eps), lam, batch)
+        diff = tree.scale(tree.sub(plus, minus), 1.0 / (2 * eps))
+        return {k: torch.where(nonzero, d, torch.zeros_like(d)) for k, d in diff.items()}
 
     def _f2sa(
         self,
@@ -163,13 +184,22 @@ class FirstOrder(Solver):
         stream: DataStream,
         batch: Any,
         outer_batch: Any,
+        monitor: Monitor,
     ) -> tuple[Params, dict[str, Any]]:
         n = self.penalty_steps or max(self.steps, 1)
         penalised = _ScaledOuter(problem, self.sigma, outer_batch)
         y, _ = run_inner(
-            penalised, self.optimizer, z, lam, stream, start=self.steps, stop=self.steps + n, record=False
-        )  # type: ignore[arg-type]
-        check_finite(y, "F2SA's penalised inner iterate y")
+            penalised,  # type: ignore[arg-type]
+            self.optimizer,
+            z,
+            lam,
+            stream,
+            start=self.steps,
+            stop=self.steps + n,
+            record=False,
+            monitor=monitor,
+        )
+        monitor.finite(y, "F2SA's penalised inner iterate y")
         _, d_lam_y, _ = outer_partials(problem, y, lam, outer_batch, theta_too=False)
         gy = _lambda_grad_of_inner(problem, y, lam, batch)
         gz = _lambda_grad_of_inner(problem, z, lam, batch)

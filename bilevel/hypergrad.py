@@ -23,7 +23,7 @@ from torch import Tensor
 from . import tree
 from .inner import inner_diagnostics, run_inner
 from .modules import solver_call
-from .monitor import MAX_GROWTH, Monitor, check_divergence_options
+from .monitor import MAX_GROWTH, Monitor, capturing, check_divergence_options
 from .problem import BilevelProblem, Data, DataStream, check_scalar
 from .tree import Params, as_params
 from .validate import positive_int  # noqa: F401  (re-exported for bilevel.profile until it imports bilevel.validate)
@@ -171,6 +171,7 @@ class Call:
     outer_data: DataStream
     monitor: Monitor = field(default_factory=Monitor)
     capturable: bool = False
+    outer_aliases: dict[int, str] = field(default_factory=dict)  # id of a tensor standing for outer[key]
 
 
 @dataclass(frozen=True)
@@ -257,14 +258,58 @@ class Solver(abc.ABC):
             seconds = time.perf_counter() - start
             diagnostics = self._diagnostics(call, step, inner)
         except (KeyError, RuntimeError) as exc:
-            clear = (missing_key_error if isinstance(exc, KeyError) else mixed_inputs_error)(
-                exc, inner_init, outer
-            )
+            clear = _clear_error(exc, inner_init, outer)
             if clear is None:
                 raise
             raise clear from exc
-        info = {"seconds": seconds, "outer_loss": float(step.outer_loss), **diagnostics, **step.info}
+        info = {"seconds": seconds, "outer_loss": _number(step.outer_loss), **diagnostics, **step.info}
         return Hypergrad(grad=tree.detach(step.grad), inner=inner, info=info)
+
+    def capture_problem(self) -> str | None:
+        """Why this solver has no capturable path (`hypergrad_capturable`, `bilevel.graphed`), or None.
+        A custom solver's ``_step`` may read values on the host, so this base says it has none."""
+        return (
+            f"{type(self).__name__} has no capturable path (Unrolled, Implicit with CG or Neumann, "
+            "FirstOrder and bilevel.batched of those have one)"
+        )
+
+    def hypergrad_capturable(
+        self,
+        problem: BilevelProblem,
+        inner_init: Params,
+        outer: Params,
+        inner_data: Data = None,
+        outer_data: Data = None,
+        *,
+        outer_aliases: dict[int, str] | None = None,
+    ) -> tuple[Hypergrad, Monitor]:
+        """`hypergrad` without host synchronisation, the body `bilevel.graphed` captures: the same
+        mathematics, but every check is a device-side flag of the returned `Monitor` (call its
+        ``raise_if_failed()`` after the call) and ``info`` holds tensors and no ``seconds``. Implicit solvers
+        run exactly ``max_iter`` linear-solver iterations. ``outer_aliases``: ids of tensors that stand for
+        ``outer[key]`` in the optimizer's hyper-parameters (the caller's tensors, where `graphed` passes its
+        static copies as ``outer``)."""
+        reason = self.capture_problem()
+        if reason is not None:
+            raise ValueError(f"no capturable path: {reason}")
+        validate_call(problem, inner_init, outer)
+        self._check_call(inner_init, outer)
+        monitor = Monitor(deferred=True, on_divergence=self.on_divergence, max_growth=self.max_growth)
+        streams = DataStream(inner_data, "inner_data"), DataStream(outer_data, "outer_data")
+        call = Call(problem, inner_init, outer, *streams, monitor, True, dict(outer_aliases or {}))
+        try:
+            with capturing(), solver_call():
+                check_inputs_finite(monitor, inner_init, outer)
+                step = self._step(call)
+                inner = self._check_result(call, step)
+                diagnostics = self._diagnostics(call, step, inner)
+        except (KeyError, RuntimeError) as exc:
+            clear = _clear_error(exc, inner_init, outer)
+            if clear is None:
+                raise
+            raise clear from exc
+        info = {"outer_loss": step.outer_loss.detach(), **diagnostics, **step.info}
+        return Hypergrad(grad=tree.detach(step.grad), inner=inner, info=info), monitor
 
     def _check_result(self, call: Call, step: Step) -> Params:
         """The shared checks of a step's result, its ``checks`` (finite) and then the growth of θ from
@@ -310,6 +355,18 @@ class Solver(abc.ABC):
             )
         call.monitor.finite(theta, f"the inner solution after {self.steps} steps")
         return theta, lam
+
+
+def _number(value: Tensor) -> Any:
+    """A 0-dim tensor as a float (the eager info), a per-task vector (`bilevel.batched`) as a tensor."""
+    return float(value) if value.numel() == 1 else value.detach()
+
+
+def _clear_error(exc: Exception, inner_init: Params, outer: Params) -> Exception | None:
+    """A clear error where a loss failed on the caller's inputs (a missing key, mixed dtypes), else None."""
+    if isinstance(exc, KeyError):
+        return missing_key_error(exc, inner_init, outer)
+    return mixed_inputs_error(exc, inner_init, outer)  # type: ignore[arg-type]
 
 
 def is_optimizer(value: Any) -> bool:

@@ -13,11 +13,11 @@ from typing import Any
 
 from . import tree
 from .hypergrad import Call, Hypergrad, Solver, Step, check_optimizer
-from .linear_solvers import CG, Direct, FixedPoint, Neumann
+from .linear_solvers import CG, Direct, FixedPoint, IndefiniteHessianError, Neumann
 from .linearize import linearize, outer_partials
 from .monitor import MAX_GROWTH
 from .problem import BilevelProblem
-from .tree import Params, check_finite
+from .tree import Params
 from .validate import positive_int
 
 LinearSolver = CG | Neumann | FixedPoint | Direct
@@ -84,28 +84,45 @@ class Implicit(Solver):
             f"warm_start={self.warm_start}, hvp={self.hvp!r})"
         )
 
+    def capture_problem(self) -> str | None:
+        """Capturable with `CG` or `Neumann` run for exactly ``max_iter`` iterations and no warm start (a v
+        carried between calls would make the captured call differ from the eager one)."""
+        if not isinstance(self.linear_solver, (CG, Neumann)):
+            name = type(self.linear_solver).__name__
+            return (
+                f"Implicit with {name}() has no fixed iteration count (it tests its residual on the host); "
+                "use CG(max_iter=K) or Neumann(max_iter=K) to capture"
+            )
+        if self.warm_start:
+            return "Implicit(warm_start=True) carries v between calls; pass warm_start=False to capture"
+        return None
+
     def _step(self, call: Call) -> Step:
         """θ from ``steps`` inner steps; then at (θ, λ) solve ∇²_θθ g · v = ∂_θ f by the linear solver (from
         the previous call's v when warm-starting) and return ∇F = ∂_λ f − ∇²_λθ g · v."""
-        problem = call.problem
+        problem, monitor = call.problem, call.monitor
         theta, lam = self._inner_solution(call)
         inner_batch = call.inner_data(self.steps)
         outer_batch = call.outer_data(0)
-        x0 = self._warm(theta, problem)
+        x0 = None if call.capturable else self._warm(theta, problem)
         d_theta, d_lam, f_value = outer_partials(problem, theta, lam, outer_batch)
-        check_finite(f_value, "outer_loss at the inner solution")
-        check_finite(d_theta, "∂f/∂θ at the inner solution")
-        check_finite(d_lam, "∂f/∂λ at the inner solution")
+        monitor.finite(f_value, "outer_loss at the inner solution")
+        monitor.finite(d_theta, "∂f/∂θ at the inner solution")
+        monitor.finite(d_lam, "∂f/∂λ at the inner solution")
         lin = linearize(problem, theta, lam, inner_batch, hvp=self.hvp)
-        check_finite(lin.inner_grad, "∇_θ g at the inner solution")
-        v, stats = self.linear_solver.solve(lin.hvp, d_theta, x0)
+        monitor.finite(lin.inner_grad, "∇_θ g at the inner solution")
+        v, stats = (
+            self._solve(lin.hvp, d_theta, x0, monitor)
+            if call.capturable
+            else (self.linear_solver.solve(lin.hvp, d_theta, x0))
+        )
         name = type(self.linear_solver).__name__
-        check_finite(v, f"the solution of the linear system H v = ∂f/∂θ ({name})")
+        monitor.finite(v, f"the solution of the linear system H v = ∂f/∂θ ({name})")
         if self.warm_start:
             self._previous_v = tree.detach(v)
             self._previous_problem = weakref.ref(problem)
         grad = tree.sub(d_lam, lin.mixed(v))
-        check_finite(grad, "the hypergradient")
+        monitor.finite(grad, "the hypergradient")
         info: dict[str, Any] = {
             "inner_steps": self.steps,
             "residual": stats.get("residual"),
@@ -117,8 +134,25 @@ class Implicit(Solver):
         for key in ("indefinite", "alpha"):
             if key in stats:
                 info[key] = stats[key]
-        diagnostics = {"inner_loss": float(lin.inner_value), "inner_grad_norm": lin.inner_grad_norm}
+        if call.capturable:
+            diagnostics = {"inner_loss": lin.inner_value, "inner_grad_norm": tree.norm(lin.inner_grad)}
+        else:
+            diagnostics = {"inner_loss": float(lin.inner_value), "inner_grad_norm": lin.inner_grad_norm}
         return Step(grad=grad, inner=theta, outer_loss=f_value, outer=lam, diagnostics=diagnostics, info=info)
+
+    def _solve(self, hvp: Any, b: Params, x0: Any, monitor: Any) -> tuple[Params, dict[str, Any]]:
+        """The capturable linear solve; CG's non-positive curvature becomes a deferred
+        `IndefiniteHessianError` (with ``on_indefinite="raise"``)."""
+        v, stats = self.linear_solver.solve_capturable(hvp, b)
+        if isinstance(self.linear_solver, CG) and self.linear_solver.on_indefinite == "raise":
+            monitor.require(
+                ~stats["indefinite"],
+                "CG met non-positive curvature pᵀHp <= 0: the inner Hessian is not positive definite at the "
+                "returned solution (a saddle or an unconverged inner solve). Fixes: solve the inner problem "
+                "further, add CG(damping=...), or use Direct() / FixedPoint() (eagerly).",
+                IndefiniteHessianError,
+            )
+        return v, stats
 
     def _warm(self, like: Params, problem: BilevelProblem) -> Params | None:
         """The previous call's v if it may start this solve: same problem object, shapes, dtype, device."""

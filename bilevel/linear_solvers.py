@@ -106,6 +106,36 @@ class CG:
         stats["residual"] = math.sqrt(max(float(rs), 0.0)) / b_norm
         return x, stats
 
+    def solve_capturable(self, hvp: HVP, b: Params) -> tuple[Params, dict[str, Any]]:
+        """Exactly ``max_iter`` iterations from v = 0, no tolerance test and no host synchronisation (the path
+        of `bilevel.graphed`). Where the eager loop would stop — r = 0 exactly, or pᵀ(H+δI)p ≤ 0 — the
+        iterate is frozen by ``torch.where`` (α = β = 0), so the result equals the eager solve whenever that
+        runs all ``max_iter`` iterations. ``stats``: ``indefinite`` (a bool tensor; the caller raises for
+        ``on_indefinite="raise"``), ``residual`` (a tensor), ``iterations`` = ``hvp_count`` = ``max_iter``."""
+        op = hvp if self.damping == 0 else (lambda v: tree.add(hvp(v), v, self.damping))
+        b_norm = tree.norm(b)
+        x, r = tree.zeros_like(b), dict(b)
+        p = dict(r)
+        rs = tree.dot(r, r)
+        indefinite = torch.zeros((), dtype=torch.bool, device=rs.device)
+        for _ in range(self.max_iter):
+            hp = op(p)
+            curvature = tree.dot(p, hp)
+            live = rs > 0
+            indefinite = indefinite | (live & ~(curvature > 0))
+            go = live & ~indefinite
+            alpha = torch.where(go, rs / torch.where(go, curvature, torch.ones_like(curvature)), 0.0)
+            x = tree.add(x, p, alpha)
+            r = tree.add(r, hp, -alpha)
+            rs_new = tree.dot(r, r)
+            beta = torch.where(go, rs_new / torch.where(go, rs, torch.ones_like(rs)), 0.0)
+            p = tree.add(r, p, beta)
+            rs = torch.where(go, rs_new, rs)
+        residual = torch.where(b_norm > 0, rs.clamp_min(0).sqrt() / b_norm.clamp_min(1e-300), 0.0)
+        stats = {"iterations": self.max_iter, "hvp_count": self.max_iter, "warm_started": False}
+        stats.update(indefinite=indefinite, residual=residual)
+        return x, stats
+
 
 def _check_alpha(alpha: float | None) -> None:
     if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
@@ -176,6 +206,37 @@ class Neumann:
         stats["residual"] = _relative_residual(hvp, x, b, b_norm)
         stats["hvp_count"] += 1
         return x, stats
+
+    def solve_capturable(self, hvp: HVP, b: Params) -> tuple[Params, dict[str, Any]]:
+        """Exactly ``max_iter`` terms (``tol`` is not tested), α = 1/λ_max by a 20-step power iteration on
+        tensors when not given, the residual as a tensor: no host synchronisation (`bilevel.graphed`)."""
+        stats: dict[str, Any] = {"iterations": self.max_iter, "hvp_count": self.max_iter + 1}
+        alpha: float | Tensor = self.alpha if self.alpha is not None else _power_alpha_tensor(hvp, b)
+        stats["hvp_count"] += 0 if self.alpha is not None else 20
+        term, total = dict(b), dict(b)
+        for _ in range(self.max_iter):
+            term = tree.add(term, hvp(term), -alpha)
+            total = tree.add(total, term)
+        x = tree.scale(total, alpha)
+        b_norm = tree.norm(b)
+        stats["residual"] = tree.norm(tree.sub(b, hvp(x))) / b_norm.clamp_min(1e-300)
+        stats["alpha"] = alpha
+        return x, stats
+
+
+def _power_alpha_tensor(hvp: HVP, b: Params, iters: int = 20) -> Tensor:
+    """`_power_alpha` on tensors (no host read): α = 1/(1.05 λ_max), 1 where the iteration meets H v = 0."""
+    v = tree.scale(b, 1.0 / tree.norm(b).clamp_min(1e-300))
+    lam = torch.zeros((), dtype=tree.flatten(b).dtype, device=tree.flatten(b).device)
+    alive = torch.ones((), dtype=torch.bool, device=lam.device)
+    for _ in range(iters):
+        hv = hvp(v)
+        new = tree.norm(hv)
+        alive = alive & (new != 0)
+        lam = torch.where(alive, new, lam)
+        inv = 1.0 / torch.where(alive, new, torch.ones_like(new))
+        v = {k: torch.where(alive, inv * hv[k], v[k]) for k in v}
+    return torch.where(lam > 0, 1.0 / (1.05 * torch.where(lam > 0, lam, torch.ones_like(lam))), 1.0)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ check's message.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,6 +32,23 @@ from .validate import number, one_of
 
 ON_DIVERGENCE = ("raise", "warn")
 MAX_GROWTH = 1e10
+_CAPTURING: contextvars.ContextVar[bool] = contextvars.ContextVar("bilevel_capturing", default=False)
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[None]:
+    """Within this block the library reads no tensor value on the host: range checks of tensor
+    hyper-parameters (a learned learning rate rebuilt from the outer variable) are skipped."""
+    token = _CAPTURING.set(True)
+    try:
+        yield
+    finally:
+        _CAPTURING.reset(token)
+
+
+def is_capturing() -> bool:
+    """Whether the code runs inside `capturing` (the capturable path of `bilevel.graphed`)."""
+    return _CAPTURING.get()
 
 
 def check_divergence_options(on_divergence: Any, max_growth: Any) -> tuple[str, float]:
@@ -49,8 +69,8 @@ class Monitor:
         self.deferred = deferred
         self.on_divergence = on_divergence
         self.max_growth = max_growth
-        self.messages: list[str] = [""]  # code 0: no failure
-        self.codes: dict[str, Tensor] = {}  # "finite" and "growth": the first failing check's number
+        self.messages: list[tuple[type[Exception], str]] = [(FloatingPointError, "")]  # code 0: no failure
+        self.codes: dict[str, Tensor] = {}  # "error" and "growth": the first failing check's number
 
     def finite(self, value: Params | Tensor, where: str) -> None:
         """NaN/Inf in ``value`` is an error naming ``where`` (eager: `bilevel.tree.check_finite`'s text)."""
@@ -61,7 +81,12 @@ class Monitor:
         if not values:
             return
         ok = torch.stack([torch.isfinite(v).all() for v in values]).all()
-        self._flag("finite", ~ok, f"NaN or Inf in {where}; check the losses and step sizes")
+        self.require(ok, f"NaN or Inf in {where}; check the losses and step sizes")
+
+    def require(self, ok: Tensor, message: str, error: type[Exception] = FloatingPointError) -> None:
+        """A deferred condition: ``error(message)`` is raised after the call where ``ok`` (a 0-dim bool
+        tensor) is False. Only for a deferred monitor."""
+        self._flag("error", ~ok, message, error)
 
     def bounded(self, value: Params, start_norm: Tensor, where: str) -> None:
         """‖value‖ ≤ max_growth · max(1, ``start_norm``), else runaway growth of ``where``."""
@@ -72,7 +97,7 @@ class Monitor:
             if got > lim:
                 self._diverged(self._growth_message(where, f"{got:.3g}", f"{lim / self.max_growth:.3g}"))
             return
-        self._flag("growth", size > limit, self._growth_message(where, "", ""))
+        self._flag("growth", size > limit, self._growth_message(where, "", ""), FloatingPointError)
 
     def _growth_message(self, where: str, got: str, start: str) -> str:
         size = f" to norm {got}" if got else ""
@@ -89,8 +114,8 @@ class Monitor:
         else:
             raise FloatingPointError(message)
 
-    def _flag(self, kind: str, bad: Tensor, message: str) -> None:
-        self.messages.append(message)
+    def _flag(self, kind: str, bad: Tensor, message: str, error: type[Exception]) -> None:
+        self.messages.append((error, message))
         number_ = len(self.messages) - 1
         code = self.codes.get(kind)
         if code is None:
@@ -102,12 +127,13 @@ class Monitor:
         return dict(self.codes)
 
     def raise_if_failed(self, codes: dict[str, Tensor] | None = None) -> None:
-        """Read the deferred codes (one host synchronisation) and raise the first failure: NaN/Inf always as
-        ``FloatingPointError``, growth as an error or a warning (``on_divergence``)."""
+        """Read the deferred codes (one host synchronisation) and raise the first failure: NaN/Inf (and the
+        other `require` conditions) always, growth as an error or a warning (``on_divergence``)."""
         codes = self.codes if codes is None else codes
-        finite = codes.get("finite")
-        if finite is not None and int(finite) != 0:
-            raise FloatingPointError(self.messages[int(finite)])
+        error = codes.get("error")
+        if error is not None and int(error) != 0:
+            cls, message = self.messages[int(error)]
+            raise cls(message)
         growth = codes.get("growth")
         if growth is not None and int(growth) != 0:
-            self._diverged(self.messages[int(growth)])
+            self._diverged(self.messages[int(growth)][1])

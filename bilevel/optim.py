@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bilevel.monitor import is_capturing
 from bilevel.tree import Params
 
 State = dict[str, Any]
@@ -77,6 +78,8 @@ def _hyper(
                 f"{cls}: {name} must be a 0-dim floating tensor, got shape {tuple(value.shape)} and dtype "
                 f"{value.dtype}; use e.g. torch.tensor(0.1, dtype=torch.float64, requires_grad=True)"
             )
+        if is_capturing():  # no host read inside a captured call (the value was checked when first built)
+            return value
         try:
             x = float(value.detach())
         except RuntimeError:  # batched under vmap: the value is not a single number, skip the range check
@@ -97,6 +100,8 @@ def _value(h: Hyper) -> float | None:
     """The value of a hyper-parameter as a float, or None where it cannot be read (batched under vmap)."""
     if not isinstance(h, Tensor):
         return h
+    if is_capturing():
+        return None
     try:
         return float(h.detach())
     except RuntimeError:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import tree
+from .graphed import Graphed, graphed, info_floats
 from .hypergrad import Hypergrad, Solver, as_solver, check_optimizer
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, as_params
@@ -58,6 +59,19 @@ def _project(constraint: Any, outer: Params) -> Params:
     return {k: constraint.project(v)}
 
 
+def _use_graph(graph: Any, solver: Solver, outer: Params) -> bool:
+    """Whether `minimize` runs the graphed hypergradient (see its ``graph`` argument)."""
+    if graph not in (None, True, False):
+        raise ValueError(f"graph must be None, True or False, got {graph!r}")
+    reason = solver.capture_problem()
+    if graph is True and reason is not None:
+        raise ValueError(f"minimize(graph=True): {reason}")
+    if graph is None:
+        on_cuda = next(iter(outer.values())).device.type == "cuda"
+        return on_cuda and reason is None
+    return bool(graph)
+
+
 def minimize(
     problem: BilevelProblem,
     solver: Solver,
@@ -72,6 +86,7 @@ def minimize(
     outer_data: Data = None,
     warm_start_inner: bool | None = None,
     reset_solver: bool = True,
+    graph: bool | None = None,
 ) -> MinimizeResult:
     """Run ``steps`` projected outer steps of ``optimizer`` (a `bilevel.optim` optimizer) on F.
 
@@ -86,6 +101,12 @@ def minimize(
     ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
     last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
     splits one run into several ``minimize`` calls (the worst-case search's binarisation segments).
+    ``graph``: compute each hypergradient with `bilevel.graphed` (one CUDA graph, replayed every step, the
+    step's inner mini-batches drawn first and copied into its static buffers). None (default): on CUDA
+    when the solver has a capturable path (``solver.capture_problem()`` is None), eagerly otherwise, so
+    nothing changes on CPU; True: always (on CPU the capturable code runs eagerly; an uncapturable solver
+    is an error); False: never. The graphed step draws its batches before running (a loss that draws
+    random numbers then meets another RNG state than eagerly) and reads the failure flags once per step.
     """
     positive_int(steps, "steps")
     as_params(outer_init, "outer_init")
@@ -103,17 +124,27 @@ def minimize(
     state = optimizer.init(outer)
     inner = tree.detach(inner_init)
     history: list[dict[str, Any]] = []
+    use_graph = _use_graph(graph, solver, outer)
+    runner: Graphed | None = None
     for k in range(steps):
         t0 = time.perf_counter()
         offset = k * per_step
         ob = outer_stream(k)
-        hg = solver.hypergrad(
-            problem,
-            inner,
-            outer,
-            inner_data=(None if inner_data is None else (lambda t, o=offset: inner_stream(o + t))),
-            outer_data=(None if outer_data is None else (lambda _t, b=ob: b)),
-        )
+        if use_graph:
+            batches = None if inner_data is None else [inner_stream(offset + t) for t in range(per_step)]
+            obs = None if outer_data is None else [ob]
+            if runner is None:
+                runner = graphed(solver, problem, inner, outer, inner_data=batches, outer_data=obs)
+            hg = runner(outer, inner_init=inner, inner_data=batches, outer_data=obs)
+            hg = Hypergrad(grad=hg.grad, inner=hg.inner, info=info_floats(hg.info))
+        else:
+            hg = solver.hypergrad(
+                problem,
+                inner,
+                outer,
+                inner_data=(None if inner_data is None else (lambda t, o=offset: inner_stream(o + t))),
+                outer_data=(None if outer_data is None else (lambda _t, b=ob: b)),
+            )
         with torch.no_grad():
             outer, state = optimizer.step(outer, hg.grad, state)
             outer = _project(constraint, tree.detach(outer))

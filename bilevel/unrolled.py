@@ -140,6 +140,16 @@ class Unrolled(Solver):
             f"checkpoint={self.checkpoint})"
         )
 
+    def capture_problem(self) -> str | None:
+        """Full and truncated unrolling are capturable; checkpointing saves and restores the RNG state
+        between segments (host-side), so it is not."""
+        if self.checkpoint:
+            return (
+                "Unrolled(checkpoint=True) saves and restores the RNG state between its segments on the "
+                "host; use checkpoint=False (or truncate=K) to capture, or run it eagerly (graph=False)"
+            )
+        return None
+
     def _step(self, call: Call) -> Step:
         """Run T − K detached steps, then differentiate f(θ_T, λ) through the last K (see the module
         docstring), fully or by checkpointed segments."""
@@ -154,6 +164,7 @@ class Unrolled(Solver):
         # The caller's outer tensors may also be the initialisation (MAML) or an optimizer hyper-parameter
         # (a learned learning rate): those uses must see the graph copies in `lam`.
         id2lam = {id(call.outer[k]): lam[k] for k in call.outer}
+        id2lam.update({i: lam[k] for i, k in call.outer_aliases.items()})
         theta0 = {
             k: id2lam.get(id(v), v if v.grad_fn is not None else v.detach())
             for k, v in call.inner_init.items()
@@ -162,7 +173,9 @@ class Unrolled(Solver):
 
         theta, state = (theta0, None)
         if K < T:  # the first T − K steps are not differentiated
-            theta, state = run_inner(problem, opt, tree.detach(theta0), lam, stream, start=0, stop=T - K)
+            theta, state = run_inner(
+                problem, opt, tree.detach(theta0), lam, stream, start=0, stop=T - K, monitor=call.monitor
+            )
         info: dict[str, Any] = {"hvp_count": K, "inner_steps": T, "differentiated_steps": K}
         # (the backward pass through K steps costs about K Hessian-vector products)
         if self.checkpoint:

@@ -276,7 +276,9 @@ class SearchConfig:
     ``warm_start``, ``damping`` δ, ``cg_iters`` and ``cg_tol``, ``seed`` (the start set and the batch
     order), ``final_rule`` (`FINAL_RULES`; None: "best" when ``keep_best`` else "published"; given, it sets
     ``keep_best``), ``exhaustive`` (class-wise only: F at every set of m classes instead of the relaxed
-    search) and ``batchnorm`` (`BATCHNORM_POLICIES`, the lower level's BatchNorm).
+    search) and ``batchnorm`` (`BATCHNORM_POLICIES`, the lower level's BatchNorm), ``graph`` (the
+    hypergradient as one CUDA graph: None = on CUDA when the solver can be captured, False = eagerly; see
+    `bilevel.minimize`; not part of the record).
     ``None`` in ``inner_lr``, ``upper_lr``, ``proximal``, ``damping`` means "the default", which `resolved`
     fills in (it needs the method for ``inner_lr``). `search`'s docstring gives the meanings.
     """
@@ -303,9 +305,12 @@ class SearchConfig:
     final_rule: str | None = None
     exhaustive: bool = False
     batchnorm: str = "batch"
+    graph: bool | None = None
 
     def __post_init__(self) -> None:
         one_of(self.hypergrad, "hypergrad", HYPERGRADS)
+        if self.graph not in (None, True, False):
+            raise ValueError(f"graph must be None, True or False, got {self.graph!r}")
         if self.final_rule is not None:
             one_of(self.final_rule, "final_rule", FINAL_RULES)
         one_of(self.batchnorm, "batchnorm", BATCHNORM_POLICIES)
@@ -366,6 +371,7 @@ class SearchConfig:
         """``asdict(self)`` as a result records it: the implicit-only options (``warm_start``, ``damping``,
         ``cg_iters``, ``cg_tol``) are None in the other modes, which have no linear solve."""
         fields = asdict(self)
+        fields.pop("graph")  # how the hypergradient runs (CUDA graph or eager), not what the search computes
         if self.hypergrad != "implicit":
             fields.update(warm_start=None, damping=None, cg_iters=None, cg_tol=None)
         return fields
@@ -885,6 +891,7 @@ def _upper_loop(run: _Run, recorder: _Recorder) -> Tensor:
             inner_data=None if batches is None else (lambda t, o=off: batches(o + t)),
             warm_start_inner=False,
             reset_solver=done == 0,
+            graph=cfg.graph,
         )
         w = result.outer["w"]
         done += steps

@@ -138,6 +138,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyper-parameter (repeatable)")
     p.add_argument("--no-compare", action="store_true", help="skip running the method on the two sets")
+    p.add_argument(
+        "--no-graph",
+        action="store_true",
+        help="compute each hypergradient eagerly (default on CUDA: one captured CUDA graph, replayed per "
+        "step)",
+    )
     add_experiment_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -165,7 +171,7 @@ def _check(args: argparse.Namespace) -> None:
 def search_config(args: argparse.Namespace) -> Any:
     """The `unlearning.worst_case.SearchConfig` of the flags: the one place they map onto the search's
     options (``--lower-steps`` is ``inner_steps``, ``--binarize-every 0`` is None, ``--no-warm-start`` is
-    ``warm_start=False``)."""
+    ``warm_start=False``, ``--no-graph`` is ``graph=False``)."""
     from unlearning.worst_case import SearchConfig
 
     return SearchConfig(
@@ -185,6 +191,7 @@ def search_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         final_rule=args.final_rule,
         exhaustive=args.exhaustive,
+        graph=False if getattr(args, "no_graph", False) else None,
     )
 
 

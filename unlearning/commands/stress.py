@@ -114,6 +114,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "pool, exact but slow for cnn/resnet18 (e.g. 256 there)",
     )
     p.add_argument(
+        "--no-graph",
+        action="store_true",
+        help="the search's hypergradients eagerly (default on CUDA: one captured CUDA graph, replayed per "
+        "step)",
+    )
+    p.add_argument(
         "--tune",
         action="store_true",
         help="grid-search each method's hyper-parameters (lr x 0.5/1/2 and one knob) on the first seed's "
@@ -198,6 +204,16 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
 FLAGS = {"method_hparams": "--hp"}
 
 
+def _search_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--search-batch-size`` and ``--no-graph`` as the search's options (None when neither is given)."""
+    options: dict[str, Any] = {}
+    if args.search_batch_size is not None:
+        options["batch_size"] = args.search_batch_size
+    if getattr(args, "no_graph", False):
+        options["graph"] = False
+    return options or None
+
+
 def config_from_args(args: argparse.Namespace) -> StressConfig:
     """The `unlearning.stress.StressConfig` of the command line: every flag mapped onto its field (the one
     place that does so); a bad value is a `CLIError` naming the flag."""
@@ -221,7 +237,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
             hypergrad=args.hypergrad,
             upper_steps=args.upper_steps,
             lower_steps=args.lower_steps,
-            search_options=None if args.search_batch_size is None else {"batch_size": args.search_batch_size},
+            search_options=_search_options(args),
             method_hparams=hparams,
             tune=args.tune,
             device=args.device,
