@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "unlearning.commands.bench",
     "unlearning.commands.evaluate",
     "unlearning.commands.generate",
+    "unlearning.commands.train",
 ]
 
 

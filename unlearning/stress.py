@@ -117,7 +117,10 @@ class StressConfig:
     integers. ``hypergrad``: one of `worst_case.HYPERGRADS`; ``upper_steps`` and ``lower_steps`` (≥ 1): the
     search's outer steps and lower-level steps per outer step; ``search_options``: further
     `worst_case.search` keywords. ``method_hparams``: ``{name: {key: value}}`` for registry methods (fixed,
-    never tuned). ``device``, ``data_dir``, ``cache_dir``: as `unlearning.setup.prepare`.
+    never tuned). ``device``, ``data_dir``, ``cache_dir``: as `unlearning.setup.prepare`. ``executor``:
+    ``"local"`` (one process, in order) or ``"ray"`` (each unit a Ray task,
+    `unlearning.distributed.ray_executor`, on the cluster at ``ray_address``, asking for ``gpus_per_task``
+    GPUs and ``cpus_per_task`` CPUs); they say where the grid runs, not what it computes: not recorded.
 
     Checking loads the dataset once (m must leave at least one example, or class, out of the forget set).
     ``seeds`` is kept as a tuple, ``methods`` as a tuple of entries, and None options as ``{}``. The
@@ -141,6 +144,10 @@ class StressConfig:
     device: str = "cpu"
     data_dir: str | None = None
     cache_dir: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    gpus_per_task: float = 0.0
+    cpus_per_task: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.seeds, (str, bytes)):
@@ -228,7 +235,10 @@ def _resolve(config: StressConfig) -> _Resolved:
     seeds = _check_seeds(config.seeds)
     _guard("upper_steps", positive_int, config.upper_steps, "upper_steps")
     _guard("lower_steps", positive_int, config.lower_steps, "lower_steps")
-    _guard("device", resolve_device, config.device, named=False)
+    _check_executor(config)
+    # on Ray the device is a worker's: the driver only parses the name (a CPU head may drive GPU workers)
+    check_device = resolve_device if config.executor == "local" else _parse_device
+    _guard("device", check_device, config.device, named=False)
     built = resolve_methods(config.methods, config.method_hparams)
     searched = _search_method(config.search_method, config.method_hparams)
     if str(config.model).lower() not in models.NAMES:
@@ -241,6 +251,48 @@ def _resolve(config: StressConfig) -> _Resolved:
         raise StressInputError("dataset", str(err)) from None
     pool = splits.make_split(ds, seeds[0]).pool
     return _Resolved(tuple(built), searched, _check_fraction(config.forget_fraction, config.class_wise, pool))
+
+
+EXECUTORS = ("local", "ray")
+
+
+def _check_executor(config: StressConfig) -> None:
+    """``executor`` is one of `EXECUTORS` (``"ray"`` installed: ``pip install 'worstforget[ray]'``),
+    ``gpus_per_task`` ≥ 0 and ``cpus_per_task`` > 0 (numbers; fractions pack tasks on one device),
+    ``ray_address`` text."""
+    import importlib.util
+
+    _guard("executor", one_of, config.executor, "executor", EXECUTORS)
+    if config.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise StressInputError(
+            "executor", "ray is not installed here: pip install 'worstforget[ray]' (or use --executor local)"
+        )
+    for name, least in (("gpus_per_task", 0.0), ("cpus_per_task", None)):
+        value = getattr(config, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value < least if least is not None else value <= 0):
+            bound = ">= 0" if least is not None else "> 0"
+            raise StressInputError(name, f"must be a number {bound} (e.g. 1 or 0.5), got {value!r}")
+    if config.ray_address is not None and not isinstance(config.ray_address, str):
+        raise StressInputError(
+            "ray_address", f"expected an address such as auto or HOST:6379, got {config.ray_address!r}"
+        )
+    if config.executor == "ray" and str(config.device).startswith("cuda") and not config.gpus_per_task:
+        raise StressInputError(
+            "gpus_per_task",
+            "device cuda on Ray needs a GPU per task: give --gpus-per-task 1 (or 0.5 to pack two)",
+        )
+
+
+def _parse_device(device: Any) -> Any:
+    """``torch.device(device)`` of cpu/cuda/mps, without looking for the device here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} not understood: use cpu or cuda (or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} not supported: use cpu or cuda")
+    return dev
 
 
 def _search_method(spec: Any, method_hparams: dict[str, dict[str, Any]] | None) -> Any:
@@ -500,6 +552,11 @@ def stress_test(
             f"{', '.join(options)}); use dataclasses.replace(config, ...) to change one"
         )
     run = _Run(config, out, progress)
+    if config.executor == "ray":  # the same units as Ray tasks; rows stream into the same report
+        from .distributed.ray_executor import run_grid
+
+        run_grid(run)
+        return _finish(run, started)
     chosen: dict[str, dict[str, Any]] = {}
     for seed in config.seeds:
         found = _worst_case_set(run, seed)
@@ -536,8 +593,6 @@ def _experiment(config: StressConfig, index: torch.Tensor, seed: int) -> Any:
 def _worst_case_set(run: _Run, seed: int) -> SearchResult:
     """The seed's worst-case search (its original model trained or loaded first), or the one a previous run
     saved in ``out/sets``; recorded in the report's ``searches``."""
-    from .setup import prepare
-
     config = run.config
     run.step(
         f"seed {seed}: original model and worst-case search ({config.built_search_method.name}, "
@@ -546,6 +601,19 @@ def _worst_case_set(run: _Run, seed: int) -> SearchResult:
     path = None if run.out is None else run.out / "sets" / f"seed{seed}.json"
     if path is not None and path.exists() and str(seed) in run.store.data["searches"]:
         return SearchResult.load(path)
+    found, pool_y = _search_seed(config, seed)
+    if path is not None:
+        found.save(path)
+    run.store.data["searches"][str(seed)] = _search_record(found, pool_y, path)
+    run.store.save()
+    return found
+
+
+def _search_seed(config: StressConfig, seed: int) -> tuple[SearchResult, torch.Tensor]:
+    """The unit "original model and worst-case search" of ``seed``: `prepare` (the original trained or loaded
+    from the cache) and `worst_case.search`; returns the result and the pool's labels."""
+    from .setup import prepare
+
     fraction = config.forget_fraction
     base = prepare(config.dataset, config.model, f"random:{fraction}", seed=seed, **config.setup_keywords())
     found = search(
@@ -558,11 +626,7 @@ def _worst_case_set(run: _Run, seed: int) -> SearchResult:
         progress=False,
         **config.search_keywords(),
     )
-    if path is not None:
-        found.save(path)
-    run.store.data["searches"][str(seed)] = _search_record(found, base.task.pool.y, path)
-    run.store.save()
-    return found
+    return found, base.task.pool.y
 
 
 def _search_record(found: SearchResult, pool_y: torch.Tensor, path: Path | None) -> dict[str, Any]:
@@ -590,16 +654,24 @@ def _reference_rows(run: _Run, selection: str, seed: int, experiment: Callable[[
     run.step(f"seed {seed}, {selection} set: Retrain")
     retrain = store.row(selection, seed, "retrain")
     if retrain is None:
-        p = experiment()
-        retrain_model, seconds = p.retrain()
-        retrain = _row(selection, seed, "retrain", metrics.evaluate(retrain_model, p.task), seconds, 0.0)
+        retrain = _retrain_row(selection, seed, experiment())
         store.add("results", retrain)
     run.step(f"seed {seed}, {selection} set: original")
     if store.row(selection, seed, "original") is None:
-        p = experiment()
-        values = metrics.evaluate(p.original, p.task)
-        store.add("results", _row(selection, seed, "original", values, 0.0, metrics.avg_gap(values, retrain)))
+        store.add("results", _original_row(selection, seed, experiment(), retrain))
     return retrain
+
+
+def _retrain_row(selection: str, seed: int, prepared: Any) -> dict:
+    """The unit "Retrain on one set": train (or load) Retrain on D_r and evaluate it (gap 0: reference)."""
+    retrain_model, seconds = prepared.retrain()
+    return _row(selection, seed, "retrain", metrics.evaluate(retrain_model, prepared.task), seconds, 0.0)
+
+
+def _original_row(selection: str, seed: int, prepared: Any, retrain: dict) -> dict:
+    """The original model on one set: its metrics and Avg. Gap to ``retrain`` (seconds 0: nothing is run)."""
+    values = metrics.evaluate(prepared.original, prepared.task)
+    return _row(selection, seed, "original", values, 0.0, metrics.avg_gap(values, retrain))
 
 
 def _method_rows(
@@ -616,12 +688,24 @@ def _method_rows(
         run.step(f"seed {seed}, {selection} set: {method.name}")
         if run.store.row(selection, seed, method.name) is not None:
             continue
-        try:
-            row = method_row(experiment(), _variant(method, chosen[method.name]), retrain, seed)
-        except FloatingPointError as err:  # the method diverged here: record it, go on with the rest
-            run.store.add("results", _failed_row(selection, seed, method.name, err))
-            continue
-        run.store.add("results", _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"]))
+        row = _method_result(selection, seed, experiment, method, chosen[method.name], retrain)
+        run.store.add("results", row)
+
+
+def _method_result(
+    selection: str,
+    seed: int,
+    experiment: Callable[[], Any],
+    method: Any,
+    overrides: dict[str, Any],
+    retrain: dict,
+) -> dict:
+    """The unit "one method on one set": its row, or `_failed_row` when it diverged (FloatingPointError)."""
+    try:
+        row = method_row(experiment(), _variant(method, overrides), retrain, seed)
+    except FloatingPointError as err:  # the method diverged here: record it, go on with the rest
+        return _failed_row(selection, seed, method.name, err)
+    return _row(selection, seed, method.name, row, row["seconds"], row["avg_gap"])
 
 
 def _choose(run: _Run, seed: int, experiment: Callable[[], Any], retrain: dict) -> dict[str, dict[str, Any]]:
@@ -649,9 +733,15 @@ def _tune(run: _Run, method: Any, seed: int, experiment: Callable[[], Any], retr
             entry = _tuning_entry(method, overrides, experiment(), retrain, seed)
             run.store.add("tuning", entry)
         tried.append((overrides, entry))
+    return _best(method.name, tried)
+
+
+def _best(name: str, tried: Sequence[tuple[dict[str, Any], dict]]) -> dict[str, Any]:
+    """The overrides of the tried ``(overrides, tuning entry)`` with the smallest finite Avg. Gap (the first
+    of a tie); ``ValueError`` when every candidate diverged."""
     finite = [(o, e) for o, e in tried if e["avg_gap"] is not None]
     if not finite:
-        raise ValueError(f"--tune: every candidate of {method.name} diverged; fix its hyper-parameters")
+        raise ValueError(f"--tune: every candidate of {name} diverged; fix its hyper-parameters")
     best, _ = min(finite, key=lambda oe: oe[1]["avg_gap"])
     return best
 

@@ -147,3 +147,66 @@ def train_original(
         cache_dir=cache_dir,
         use_cache=use_cache,
     )
+
+
+def cache_config(
+    config: dict, data: ArrayData, recipe: Recipe, *, seed: int, augment: Augment | None = None
+) -> dict:
+    """The model-cache configuration `train_original` stores a model under: ``config`` plus the recipe, the
+    training seed, the augmentation and a fingerprint of ``data`` (for the DDP path, which must find and
+    write the same entry)."""
+    return {
+        **config,
+        "recipe": recipe.to_dict(),
+        "train_seed": int(seed),
+        "augment": repr(augment),
+        "data": cache.fingerprint(data.x, data.y),
+    }
+
+
+def train_sharded(
+    model: nn.Module,
+    data: ArrayData,
+    recipe: Recipe,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    augment: Augment | None = None,
+    description: str = "training",
+) -> nn.Module:
+    """`train` as process ``rank`` of ``world_size`` under torch DDP (the process group initialised by the
+    caller: gloo on CPU, NCCL on GPUs); returns the trained model (the same weights on every rank).
+
+    Every process draws `train`'s batch stream (one generator seeded with ``seed``: the same permutations
+    and augmentation) and keeps its shard of each global batch B: the rows rank, rank + N, rank + 2N, ...
+    (N = ``world_size``; DistributedSampler's interleaved dealing, applied per batch so that no row is
+    padded or dropped). It minimises L_r = (N/|B|) Σ_{i ∈ B_r} ℓ_i (ℓ the cross-entropy); DDP averages the
+    gradients, (1/N) Σ_r ∇L_r = (1/|B|) Σ_{i ∈ B} ∇ℓ_i, the single-process gradient of the mean loss, so the
+    SGD steps (momentum, weight decay, schedule) and the weights are `train`'s up to float rounding. On CUDA
+    BatchNorm layers become SyncBatchNorm (statistics over B, as in one process); on CPU they stay per-shard.
+    """
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    device = next(model.parameters()).device
+    data = data.to(device)
+    generator = torch.Generator().manual_seed(int(seed))
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    def shards(epoch: int):
+        for x, y, _ in data.batches(recipe.batch_size, shuffle=True, generator=generator, augment=augment):
+            yield x[rank::world_size], y[rank::world_size], len(y)
+
+    def loss(net: nn.Module, item: tuple, epoch: int) -> torch.Tensor:
+        x, y, total = item
+        return F.cross_entropy(net(x), y, reduction="sum") * (world_size / total)
+
+    sgd = recipe.sgd()
+    run_epochs(ddp, epochs=recipe.epochs, batches=shards, loss=loss, sgd=sgd, description=description)
+    model.eval()
+    return model

@@ -154,6 +154,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="DIR",
         help="trained-model cache (default: $WORSTFORGET_CACHE or ~/.cache/worstforget)",
     )
+    p.add_argument(
+        "--executor",
+        default=d["executor"],
+        metavar="NAME",
+        help="where the grid runs: local (this process, in order) or ray (each unit a Ray task, on "
+        "--ray-address; pip install 'worstforget[ray]'); same numbers either way (default: local)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to use with --executor ray: auto (the cluster this node belongs to) or HOST:6379; "
+        "default: a new Ray instance on this machine",
+    )
+    p.add_argument(
+        "--gpus-per-task",
+        type=float,
+        default=d["gpus_per_task"],
+        metavar="G",
+        help="GPUs each Ray task asks for (0.5 packs two tasks on a GPU; needed with --device cuda) "
+        f"(default: {d['gpus_per_task']:g})",
+    )
+    p.add_argument(
+        "--cpus-per-task",
+        type=float,
+        default=d["cpus_per_task"],
+        metavar="C",
+        help="CPUs each Ray task asks for; it runs torch on that many threads "
+        f"(default: {d['cpus_per_task']:g})",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -220,7 +249,9 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
     from unlearning.commands import check_at_least_one, check_experiment
     from unlearning.stress import StressConfig, StressInputError
 
-    check_experiment(args)
+    # on Ray the device is the workers' (a CPU head may drive GPU workers): StressConfig only parses it
+    workers = argparse.Namespace(**{**vars(args), "device": "cpu"})
+    check_experiment(args if args.executor == "local" else workers)
     check_at_least_one(args, "threads", "search_batch_size")
     seeds = _seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -243,6 +274,10 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
             device=args.device,
             data_dir=args.data_dir,
             cache_dir=args.cache_dir,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            gpus_per_task=args.gpus_per_task,
+            cpus_per_task=args.cpus_per_task,
         )
     except StressInputError as err:
         raise flag_error(err) from None

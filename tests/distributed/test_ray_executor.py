@@ -1,0 +1,105 @@
+"""The stress grid on Ray (`unlearning.distributed.ray_executor`) against the local executor, on a local Ray
+instance started here (``ray.init(num_cpus=2, include_dashboard=False)``, shut down after): the same report,
+bit for bit (seconds aside), also when the driver is interrupted and rerun; a diverging method is a failed
+row, as locally."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from unlearning import stress_test  # noqa: E402
+
+SMALL = dict(upper_steps=3, lower_steps=4)
+# two seeds (a summary over seeds) and GA at a rate that diverges (failed rows)
+GRID = dict(methods=["ft", "ga"], seeds=[0, 1], method_hparams={"ga": {"lr": 1e6}}, **SMALL)
+# tuning: the candidates, then the pick each method's rows wait for
+TUNED = dict(methods=["ft", "ga"], seeds=[0], tune=True, **SMALL)
+
+
+def _without_seconds(value):
+    """A report (or a saved set) with its wall-clock times (``seconds``, ``*_seconds``) left out."""
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The model cache of this module's runs: the local runs fill it, so the Ray runs train nothing again
+    but run every other unit."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _local(tmp_path_factory, cache, grid):
+    out = tmp_path_factory.mktemp("local")
+    return cache, out, stress_test(out=out, cache_dir=str(cache), **grid)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, cache):
+    """The local executor's run of `GRID`: (model cache, output folder, report)."""
+    return _local(tmp_path_factory, cache, GRID)
+
+
+@pytest.fixture(scope="module")
+def local_tuned(tmp_path_factory, cache):
+    """The local executor's run of `TUNED`."""
+    return _local(tmp_path_factory, cache, TUNED)
+
+
+def _same_as_local(local, out, report, grid):
+    _, local_out, want = local
+    assert report["complete"]
+    assert _without_seconds(report) == _without_seconds(want)  # rows, tuning, searches, hparams, summary
+    on_disk = json.loads((out / "report.json").read_text())
+    assert _without_seconds(on_disk) == _without_seconds(json.loads((local_out / "report.json").read_text()))
+    for seed in grid["seeds"]:  # the sets the driver saved
+        name = f"sets/seed{seed}.json"
+        saved, there = (json.loads((folder / name).read_text()) for folder in (out, local_out))
+        assert _without_seconds(saved) == _without_seconds(there)
+
+
+def test_ray_grid_equals_the_local_one(cluster, local, tmp_path):
+    report = stress_test(out=tmp_path, cache_dir=str(local[0]), executor="ray", **GRID)
+    failed = [r for r in report["results"] if r["avg_gap"] is None]
+    assert failed and all(r["method"] == "ga" and r["error"] for r in failed)  # diverged: recorded
+    assert [r["method"] for r in report["results"][:4]] == ["retrain", "original", "ft", "ga"]
+    _same_as_local(local, tmp_path, report, GRID)
+
+
+def test_interrupted_ray_run_resumes_to_the_local_result(cluster, local_tuned, tmp_path):
+    """With tuning: the driver stops (KeyboardInterrupt) after 6 finished units; what it wrote is kept as is,
+    its queued tasks are cancelled, and a rerun computes only the rest and ends with the local report."""
+    calls = []
+
+    def stop_after_six(done, total, message):
+        calls.append(message)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+
+    kwargs = dict(out=tmp_path, cache_dir=str(local_tuned[0]), executor="ray", **TUNED)
+    with pytest.raises(KeyboardInterrupt):
+        stress_test(progress=stop_after_six, **kwargs)
+    first = json.loads((tmp_path / "report.json").read_text())
+    assert not first["complete"] and 0 < len(first["results"]) + len(first["tuning"]) < 2 * 4 + 6
+    seen = []
+    report = stress_test(progress=lambda done, total, message: seen.append(done), **kwargs)
+    assert sorted(seen) == list(range(len(seen)))  # the count goes on over the reused units
+    kept = {(r["selection"], r["seed"], r["method"]): r for r in report["results"]}
+    for row in first["results"]:  # kept, timings included
+        assert kept[row["selection"], row["seed"], row["method"]] == row
+    assert report["hparams"] == local_tuned[2]["hparams"] and len(report["tuning"]) == 6
+    _same_as_local(local_tuned, tmp_path, report, TUNED)
