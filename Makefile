@@ -11,7 +11,7 @@ ARGS    ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt torch==2.13.0 -e '.[dev,data]'
+	$(PIP) install -q -c constraints.txt torch==2.13.0 -e '.[dev,data,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import metrics
 from .rng import seeded
@@ -81,13 +82,47 @@ def _row(model: Any, task: Any, seconds: float, reference: Mapping[str, float] |
     return row
 
 
+def run_method(method: Any, model: nn.Module, task: Any) -> Any:
+    """``method.unlearn(model, task)``, checked: a method that raises (other than ``FloatingPointError``, a
+    divergence), returns something without a ``model`` ``nn.Module`` and ``seconds``, or a model whose
+    parameters differ in names or shapes from ``model`` (another architecture) is a ``ValueError`` naming
+    the method and the fix: a user's method fails in one line, never silently or with a traceback."""
+    name = getattr(method, "name", repr(method))
+    try:
+        result = method.unlearn(model, task)
+    except (FloatingPointError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        text = " ".join(str(err).split())
+        raise ValueError(
+            f"method {name}: unlearn(model, task) raised {type(err).__name__}: {text}; fix the method "
+            "(WORSTFORGET_DEBUG=1 shows the traceback)"
+        ) from err
+    got = getattr(result, "model", None)
+    if not isinstance(got, nn.Module) or isinstance(getattr(result, "seconds", None), bool):
+        raise ValueError(
+            f"method {name}: unlearn(model, task) returned {type(result).__name__}, not an Unlearned "
+            "(model=nn.Module, seconds=float): return unlearning.methods.Unlearned(model, seconds)"
+        )
+    if not isinstance(result.seconds, (int, float)):
+        raise ValueError(f"method {name}: unlearn returned seconds={result.seconds!r}: return a number")
+    want = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    have = {k: tuple(v.shape) for k, v in got.named_parameters()}
+    if want != have:
+        raise ValueError(
+            f"method {name}: unlearn returned a model of another architecture ({len(have)} parameter "
+            f"tensors, {len(want)} expected, or other shapes): return the unlearned copy of the model given"
+        )
+    return result
+
+
 def method_row(prepared: Any, method: Any, reference: Mapping[str, float], seed: int) -> dict[str, float]:
     """One row: ``method`` unlearns ``prepared.task`` from θ_o in a block seeded by ``seed`` (on the
     experiment's device); its metrics, ``avg_gap`` to the ``reference`` row (Retrain's) and ``seconds``.
     ``FloatingPointError`` when the method diverged: a NaN/inf loss (raised by the method) or non-finite
     weights left in the model."""
     with seeded(int(seed), prepared.device):
-        result = method.unlearn(prepared.original, prepared.task)
+        result = run_method(method, prepared.original, prepared.task)
     bad = [name for name, p in result.model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:  # a loss can stay finite while a step overflows the weights: the same failure as a NaN loss
         raise FloatingPointError(

@@ -147,11 +147,43 @@ def build(
         raise ValueError(f"image_shape must be (C, H, W), got {shape}")
     if len(mean) != shape[0]:
         raise ValueError(f"mean/std need {shape[0]} values (one per channel), got {len(mean)}")
+    check_options(key, opts)
     with seeded(seed):  # modules are built on the CPU
         try:
             return classes[key](shape, num_classes, mean, std, **opts)
         except TypeError as err:
             raise ValueError(f"bad option for model {name!r}: {err}") from None
+
+
+#: The options of each model: name -> (what it is, whether a list of sizes, example).
+OPTIONS: dict[str, dict[str, tuple[str, bool, str]]] = {
+    "mlp": {"hidden": ("hidden layer widths", True, "[256,128]")},
+    "cnn": {
+        "channels": ("the two conv layers' channels", True, "[32,64]"),
+        "hidden": ("dense width", False, "128"),
+    },
+    "resnet18": {"width": ("first stage width", False, "64")},
+}
+
+
+def check_options(name: str, opts: dict) -> None:
+    """``opts`` are options of model ``name`` (`OPTIONS`) with positive integer sizes (``cnn``'s
+    ``channels``: exactly two); else a ``ValueError`` naming the option and an example."""
+    known = OPTIONS.get(name.lower(), {})
+    for key, value in opts.items():
+        if key not in known:
+            valid = ", ".join(known) or "none"
+            raise ValueError(f"bad option for model {name!r}: no option {key!r} (its options: {valid})")
+        what, many, example = known[key]
+        values = list(value) if many and isinstance(value, (list, tuple)) else [value]
+        sizes_ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+        shape_ok = many == isinstance(value, (list, tuple)) and (key != "channels" or len(values) == 2)
+        if not (sizes_ok and shape_ok):
+            kind = "a list of integers >= 1" if many else "an integer >= 1"
+            raise ValueError(
+                f"bad option for model {name!r}: {key} ({what}) must be {kind}, e.g. {key}={example}; "
+                f"got {value!r}"
+            )
 
 
 def classifier(model: nn.Module) -> nn.Linear:

@@ -164,20 +164,51 @@ def prepare(
     else:
         experiment = Experiment(dataset=dataset, **given)
     prepared = _build(experiment)
-    _train_original(prepared)
+    _about("model", _train_original, prepared)
     return prepared
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` is an integer in [0, 2^32) (every generator of the experiment derives from it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2^32), e.g. 0, got {seed!r}")
+    return seed
+
+
+def _about(param: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``; a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` it raises gets
+    ``param`` (the `Experiment` field it is about) as its ``param`` attribute and is raised as is, so a
+    caller names the right option (the CLI: its flag) without guessing from the message."""
+    try:
+        return call(*args, **kwargs)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if not hasattr(err, "param"):
+            err.param = param  # type: ignore[attr-defined]
+        raise
 
 
 def _build(exp: Experiment) -> Prepared:
     """The experiment up to its untrained original: the device, the dataset, the recipe and augmentation,
     the split and the task (on the device), and the cache key of the original model (``_config``)."""
-    dev = resolve_device(exp.device)
-    ds = datasets.load(exp.dataset, exp.data_dir, seed=exp.data_seed, **(exp.dataset_opts or {}))
+    dev = _about("device", resolve_device, exp.device)
+    _about("seed", check_seed, exp.seed)
+    _about("model_opts", models.check_options, exp.model, dict(exp.model_opts or {}))
+    opts = exp.dataset_opts or {}
+    ds = _about(
+        "dataset_opts" if opts else "dataset",
+        datasets.load,
+        exp.dataset,
+        exp.data_dir,
+        seed=exp.data_seed,
+        **opts,
+    )
     model_name = exp.model.lower()
     recipe = exp.recipe if exp.recipe is not None else default_recipe(ds.name, model_name)
     aug = augment_mod.default_augment(ds.name, ds.image_shape) if exp.augment == "default" else exp.augment
-    split = splits.make_split(ds, exp.seed, exp.val_fraction)
-    task = splits.make_task(
+    split = _about("val_fraction", splits.make_split, ds, exp.seed, exp.val_fraction)
+    task = _about(
+        "forget",
+        splits.make_task,
         split,
         exp.forget,
         num_classes=ds.num_classes,

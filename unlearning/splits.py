@@ -21,6 +21,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -282,6 +283,7 @@ def load_indices(path: str | os.PathLike) -> Tensor:
                     "needs the key 'indices' holding a list of positions (worstforget search writes one)"
                 )
             raw = raw["indices"]
+        _check_json_positions(raw, path)
         try:
             values = np.asarray(raw)
         except ValueError as err:
@@ -294,6 +296,19 @@ def load_indices(path: str | os.PathLike) -> Tensor:
     if values.dtype.kind not in "iu":
         raise ValueError(f"{path}: forget indices must be integers, got dtype {values.dtype}")
     return torch.from_numpy(values.astype(np.int64))
+
+
+def _check_json_positions(raw: Any, path: Path) -> None:
+    """A JSON list of positions holds integers only: ``true``/``false`` (which numpy reads as 1/0), strings
+    and nested lists are refused, naming the file and the first bad entry."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{path}: forget indices must be a 1-D list of integers, got {type(raw).__name__}")
+    for i, v in enumerate(raw):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(
+                f"{path}: forget indices must be integers, but entry {i} is {json.dumps(v)}: "
+                "write pool positions such as [3, 17, 42]"
+            )
 
 
 def check_indices(index: Tensor, n: int, *, source: str = "indices") -> Tensor:

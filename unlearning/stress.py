@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -398,6 +399,51 @@ def _variant(method: Any, overrides: dict[str, Any]) -> Any:
 
 
 # -------------------------------------------------------------------------------------------- the run
+def _read_report(path: Path) -> dict[str, Any]:
+    """The report a previous run left at ``path``, checked enough to resume from: a JSON object whose
+    ``config`` is an object, ``results`` and ``tuning`` lists of objects (each result with its ``selection``,
+    ``seed`` and ``method``, and numbers or null for the metrics), ``searches`` and ``hparams`` objects.
+    Anything else (truncated, empty, edited) is a `StressInputError` on ``out`` naming the file."""
+    fix = "delete it (or the folder) to start over, or choose a new output folder"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise StressInputError(
+            "out", f"{path} is not a readable stress report ({_one_line(err)}): {fix}"
+        ) from None
+    if not isinstance(old, dict):
+        raise StressInputError("out", f"{path} is not a stress report (a JSON {type(old).__name__}): {fix}")
+    kinds = {"config": dict, "results": list, "tuning": list, "searches": dict, "hparams": dict}
+    for key, kind in kinds.items():
+        if key in old and not isinstance(old[key], kind):
+            raise StressInputError("out", f"{path}: {key!r} is not a JSON {kind.__name__} (edited?): {fix}")
+    for i, row in enumerate(old.get("results", [])):
+        if not _valid_row(row):
+            raise StressInputError("out", f"{path}: results[{i}] is not a result row (edited?): {fix}")
+    if not all(isinstance(t, dict) and "method" in t for t in old.get("tuning", [])):
+        raise StressInputError("out", f"{path}: an entry of 'tuning' is not a tuning record (edited?): {fix}")
+    if not all(isinstance(v, dict) for v in old.get("searches", {}).values()):
+        raise StressInputError(
+            "out", f"{path}: an entry of 'searches' is not a search record (edited?): {fix}"
+        )
+    return old
+
+
+def _valid_row(row: Any) -> bool:
+    """A result row: ``selection`` in `SELECTIONS`, integer ``seed``, text ``method``, numbers or null."""
+    if not isinstance(row, dict) or row.get("selection") not in SELECTIONS:
+        return False
+    if isinstance(row.get("seed"), bool) or not isinstance(row.get("seed"), int):
+        return False
+    values = [row.get(k) for k in COLUMNS]
+    numeric = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
+    return isinstance(row.get("method"), str) and numeric
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 class _Store:
     """The report being built; with ``out``, written to ``out/report.json`` after every change. A report
     already there is resumed when its configuration equals ``config`` (`changed_keys`), else refused."""
@@ -414,7 +460,7 @@ class _Store:
             "results": [],
         }
         if out is not None and (out / REPORT).exists():
-            old = json.loads((out / REPORT).read_text())
+            old = _read_report(out / REPORT)
             diff = changed_keys(config, old)
             if diff:
                 raise StressInputError(
@@ -600,7 +646,7 @@ def _worst_case_set(run: _Run, seed: int) -> SearchResult:
     )
     path = None if run.out is None else run.out / "sets" / f"seed{seed}.json"
     if path is not None and path.exists() and str(seed) in run.store.data["searches"]:
-        return SearchResult.load(path)
+        return _saved_set(run, seed, path)
     found, pool_y = _search_seed(config, seed)
     if path is not None:
         found.save(path)
@@ -629,6 +675,47 @@ def _search_seed(config: StressConfig, seed: int) -> tuple[SearchResult, torch.T
     return found, base.task.pool.y
 
 
+def _saved_set(run: _Run, seed: int, path: Path) -> SearchResult:
+    """The worst-case set of ``seed`` a previous run saved at ``path``, checked against this run before it
+    is used: a search result (`SearchResult.load`: types and sizes) made on this seed's pool (dataset, split
+    seed, pool size and SHA-256), data-wise or class-wise as configured, of the size and (when recorded)
+    ``sha256`` in the report's ``searches``. A `StressInputError` on ``out`` naming the file otherwise."""
+    from . import datasets, splits
+
+    config, record = run.config, run.store.data["searches"][str(seed)]
+    fix = f"restore it, or delete {path} and its entry in {REPORT} (or the folder) to search again"
+    try:
+        found = SearchResult.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise StressInputError("out", f"{_one_line(err)}; {fix}") from None
+    ds = datasets.load(config.dataset, config.data_dir)
+    pool = splits.make_split(ds, seed).pool
+    here = splits.data_fingerprint(pool, dataset=ds.name, split_seed=seed)
+    made = {k: found.fingerprint.get(k, found.config.get(k)) for k in here}
+    wrong = [k for k in here if str(made[k]) != str(here[k])]
+    if wrong:
+        raise StressInputError(
+            "out", f"{path} is not seed {seed}'s set on this data ({', '.join(wrong)} differ): {fix}"
+        )
+    if (found.classes is not None) != bool(config.class_wise):
+        kind = "class-wise" if found.classes is not None else "data-wise"
+        raise StressInputError("out", f"{path} holds a {kind} set, but this run is not: {fix}")
+    size = int(found.indices.numel())
+    if size != record.get("size") or (not config.class_wise and size != config.forget_size):
+        raise StressInputError(
+            "out", f"{path} holds {size} examples, {REPORT} recorded {record.get('size')}: {fix}"
+        )
+    if int(found.indices.max()) >= len(pool) or record.get("sha256", _set_hash(found)) != _set_hash(found):
+        raise StressInputError("out", f"{path} holds other indices than {REPORT} recorded (edited?): {fix}")
+    return found
+
+
+def _set_hash(found: SearchResult) -> str:
+    """SHA-256 of a set's positions and its random start's (the report's ``searches[seed]["sha256"]``)."""
+    text = json.dumps([found.indices.tolist(), found.initial_indices.tolist(), found.classes is not None])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _search_record(found: SearchResult, pool_y: torch.Tensor, path: Path | None) -> dict[str, Any]:
     """A search in the report: its file, time, objective and curve, the set's size (classes too, when
     class-wise) and how much of it the random start already held."""
@@ -644,6 +731,7 @@ def _search_record(found: SearchResult, pool_y: torch.Tensor, path: Path | None)
         if classwise
         else None,
         "overlap_with_random": int(torch.isin(found.indices, found.initial_indices).sum()),
+        "sha256": _set_hash(found),
     }
 
 

@@ -33,6 +33,7 @@ to forget. ``classwise=True`` puts one weight per class (w_i = v_{y_i}; F = Σ_c
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import time
@@ -190,6 +191,7 @@ class SearchResult:
                 f"{path} is not a search result (no {', '.join(missing)}): pass the worst_case.json that "
                 "worstforget search --out wrote (or SearchResult.save)"
             )
+        _check_result_fields(raw, path)
         if expect is not None:
             check_made_for(raw, _expected_data(expect), source=str(path))
         return cls(
@@ -203,6 +205,53 @@ class SearchResult:
             seconds=float(raw.get("seconds", 0.0)),
             fingerprint=raw.get("fingerprint") or {},
         )
+
+
+def _list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """``value`` is a list of ``kind`` values (booleans excluded: JSON ``true`` is not the number 1)."""
+    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def _positions(raw: Any, key: str, path: Path, *, empty: bool = False) -> list[int]:
+    """``raw[key]`` as a list of distinct non-negative integers (JSON ``true``/``false`` refused)."""
+    value = raw.get(key, [] if empty else None)
+    if not _list_of(value, int):
+        raise ValueError(f"{path}: {key!r} must be a list of integer positions, got {str(value)[:60]}")
+    if (not value and not empty) or len(set(value)) != len(value) or any(v < 0 for v in value):
+        raise ValueError(f"{path}: {key!r} must hold distinct non-negative positions (the file was edited)")
+    return value
+
+
+def _check_result_fields(raw: dict[str, Any], path: Path) -> None:
+    """The fields of a saved search result agree with each other and have their types: ``indices`` and
+    ``initial_indices`` (same size), ``size``, ``weights`` (numbers), ``classes`` (integers, present exactly
+    when the search was class-wise), ``seconds`` (a number), ``config`` (an object); a ``ValueError`` naming
+    the file and the field otherwise (a hand-edited or cut-short set is never used)."""
+    indices = _positions(raw, "indices", path)
+    initial = _positions(raw, "initial_indices", path, empty=True)
+    if initial and len(initial) != len(indices):
+        raise ValueError(
+            f"{path}: {len(indices)} indices but {len(initial)} initial_indices (the file was cut or edited)"
+        )
+    if "size" in raw and raw["size"] != len(indices):
+        raise ValueError(f"{path}: 'size' is {raw['size']!r} but it holds {len(indices)} indices (edited?)")
+    if not _list_of(raw["weights"], (int, float)):
+        raise ValueError(f"{path}: 'weights' must be a list of numbers")
+    config = raw["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: 'config' must be an object, got {type(config).__name__}")
+    classes = raw.get("classes")
+    if classes is not None and not _list_of(classes, int):
+        raise ValueError(f"{path}: 'classes' must be null or a list of integer classes")
+    if "classwise" in config and bool(config["classwise"]) != (classes is not None):
+        kind = "class-wise" if config["classwise"] else "data-wise"
+        raise ValueError(
+            f"{path}: the search was {kind} but 'classes' is {json.dumps(classes)} (the file was edited): "
+            "restore it or search again"
+        )
+    seconds = raw.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"{path}: 'seconds' must be a number, got {json.dumps(seconds)}")
 
 
 def _expected_data(expect: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from unlearning import cli
-from unlearning.commands import unlearn as unlearn_cmd
 
 
 def run_cli(capsys, *argv):
@@ -122,11 +121,6 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, monkeypatch, digits_r
         assert flag in err, (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
-
-
-def test_flag_mapping():
-    assert unlearn_cmd._flag_for("forget class 12 is not in the data") == "--forget"
-    assert unlearn_cmd._flag_for("synthetic: n must be >= 20") == "--dataset/--data-opt"
 
 
 def test_no_traceback_env(monkeypatch):

@@ -4,7 +4,9 @@ which registers the command and sets ``func(args) -> int`` as its handler (see `
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -99,3 +101,40 @@ def check_at_least_one(args: Any, *flags: str) -> None:
         value = getattr(args, flag)
         if not at_least_one.check(value):
             raise CLIError(f"argument --{flag.replace('_', '-')}: must be >= 1, got {value}")
+
+
+def check_out(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """The output folder ``path`` can be written, checked before any compute: not a file, not under a file,
+    and its nearest existing folder writable; else a `CLIError` naming ``flag`` and the fix."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"argument {flag}: {out} is a file, not a folder: choose a folder path (or remove it)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"argument {flag}: {out} lies under {parent}, which is a file: choose a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(
+            f"argument {flag}: {parent} is not writable, so {out} cannot be written: choose a folder you can "
+            "write to"
+        )
+    return out
+
+
+def wrote(*paths: str | os.PathLike) -> None:
+    """Print ``wrote A, B and C`` as one unwrapped line: a path a user copies is never broken, whatever the
+    terminal width (rich would wrap at 80 columns in a non-terminal)."""
+    names = [str(p) for p in paths]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    print(f"wrote {listed}", flush=True)
+
+
+def check_no_op(method: str, hparams: dict[str, Any], argument: str) -> None:
+    """``epochs=0`` would hand back the original model as "unlearned" (no step is taken): a `CLIError`
+    naming ``argument`` (e.g. ``argument --epochs``) and the fix."""
+    if hparams.get("epochs") == 0:
+        raise CLIError(
+            f"{argument}: 0 epochs would return the original model unchanged as {method}'s result (no "
+            "unlearning); give epochs >= 1"
+        )

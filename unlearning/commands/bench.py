@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_device
+from unlearning.commands import CLIError, check_at_least_one, check_device, check_out, wrote
 
 if TYPE_CHECKING:
     from bilevel import Solver
@@ -297,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     from bilevel import profile
 
     names, dim, outer_dim = check_args(args)
+    check_out(args.out)
     device = torch.device(args.device)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     case = build(args.problem, dim, outer_dim, seed=args.seed, dtype=dtype, device=device)
@@ -343,7 +344,7 @@ def write(out: Path, config: dict[str, Any], problem: str, prof: Any) -> None:
     write_text(out / "bench.md", markdown(report, prof))
     plot(prof, out / "bench.png", title=f"{config['problem']} ({config['dtype']}, {config['device']})")
     print_table(prof, config["problem"])
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
+    wrote(out / "bench.json", out / "bench.md", out / "bench.png")
 
 
 def command_line(config: dict[str, Any], out: Path) -> str:

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_experiment, coerce
+from unlearning.commands import (
+    CLIError,
+    check_at_least_one,
+    check_experiment,
+    check_no_op,
+    check_out,
+    coerce,
+)
 
 DESCRIPTION = """Evaluate Retrain and unlearning methods on a given forget set, against Retrain.
 
@@ -121,6 +128,8 @@ def _methods(args: argparse.Namespace) -> list[Any]:
     except ValueError as err:
         raise CLIError(f"argument --methods: {err}") from None
     hp = method_hparams(args.hp, specs)
+    for name, values in hp.items():
+        check_no_op(name, values, "argument --hp")
     try:
         return build_methods(specs, hp)
     except ValueError as err:
@@ -141,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     check_experiment(args)
     check_forget(args.forget)
     check_at_least_one(args, "threads")
+    check_out(args.out)
     methods = _methods(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from unlearning.commands import CLIError, coerce, parse_key_values, parse_opts
+from unlearning.commands import CLIError, check_out, coerce, parse_key_values, parse_opts
 
 DESCRIPTION = """Unlearn a class from a class-conditional diffusion model (cross-attention on class tokens, as
 Stable Diffusion is conditioned on text) and measure it with an independent judge classifier: UA (share of
@@ -113,6 +113,7 @@ def _check_common(args: argparse.Namespace) -> None:
         resolve_device(args.device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from None
+    check_out(args.out)
     for flag, value in (
         ("--per-class", args.per_class),
         ("--sample-steps", args.sample_steps),

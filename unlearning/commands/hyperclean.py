@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_device
+from unlearning.commands import CLIError, check_at_least_one, check_device, check_out, wrote
 
 DESCRIPTION = """Learn which training labels are wrong, by bi-level optimization (data hyper-cleaning).
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"argument --noise: must be in [0, 1), got {args.noise}")
     check_at_least_one(args, "steps", "inner_steps")
     check_device(args)
+    check_out(args.out)
     out = Path(args.out)
 
     bar = progress_bar()
@@ -137,7 +138,7 @@ def print_table(report: dict[str, Any], out: Path) -> None:
         table.add_row(a, b)
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'hyperclean.json'}, {out / 'hyperclean.md'} and {out / 'hyperclean.png'}")
+    wrote(out / "hyperclean.json", out / "hyperclean.md", out / "hyperclean.png")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_experiment
+from unlearning.commands import CLIError, check_at_least_one, check_experiment, check_out, wrote
 
 DESCRIPTION = """Find the forget set an unlearning method handles worst, by bi-level optimisation.
 
@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from unlearning.worst_case import resolve_budget, search
 
     _check(args)
+    check_out(args.out)
     mh = argparse.Namespace(method=args.method, hp=args.hp, lr=None, epochs=None)
     method_hparams(mh)  # unknown method / hyper-parameter: fail before training
     if args.threads:
@@ -409,7 +410,7 @@ def print_table(report: dict, out: Path) -> None:
     console.print(table)
     if _note(report):
         console.print(_note(report), style="yellow")
-    console.print(f"wrote {out / 'worst_case.json'}, {out / 'worst_case.md'} and {out / 'worst_case.png'}")
+    wrote(out / "worst_case.json", out / "worst_case.md", out / "worst_case.png")
 
 
 def plot(report: dict, path: Path) -> None:

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearning.commands import CLIError, coerce
+from unlearning.commands import CLIError, check_no_op, check_out, coerce
 
 if TYPE_CHECKING:
     from unlearning.stress import StressConfig, StressInputError
@@ -137,6 +137,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="runs/stress",
         help="output folder; rerunning with the same options resumes there (default: runs/stress)",
     )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run is using --out, wait for it to finish instead of stopping with an error",
+    )
     p.add_argument("--device", default=d["device"], help=f"cpu or cuda (default: {d['device']})")
     p.add_argument(
         "--threads",
@@ -222,6 +227,7 @@ def _hparams(items: list[str] | None, methods: list[str]) -> dict[str, dict[str,
             value.strip(), spec[field]["default"], f"argument --hp {key}"
         )
     for name, hp in out.items():
+        check_no_op(name, hp, "argument --hp")
         try:
             make(name, **hp)
         except ValueError as err:
@@ -290,10 +296,12 @@ def flag_error(err: StressInputError) -> CLIError:
 
 def run(args: argparse.Namespace) -> int:
     from unlearning import stress
+    from unlearning.io import FolderInUse, locked
     from unlearning.loop import progress_bar
     from unlearning.report import stress_table
 
     config = config_from_args(args)
+    check_out(args.out)
     if args.threads:
         import torch
 
@@ -308,8 +316,10 @@ def run(args: argparse.Namespace) -> int:
         bar.update(task, completed=done, total=total, description=message)
 
     try:
-        with bar:
+        with locked(args.out, wait=args.wait), bar:  # one run at a time in --out: no row is lost
             report = stress.stress_test(config=config, out=args.out, progress=step)
+    except FolderInUse as err:
+        raise CLIError(f"argument --out: {err}") from None
     except stress.StressInputError as err:  # the output folder holds another configuration
         raise flag_error(err) from None
     stress_table(report, Path(args.out))

@@ -19,6 +19,8 @@ from unlearning.commands import (
     CLIError,
     check_at_least_one,
     check_experiment,
+    check_no_op,
+    check_out,
     coerce,
     parse_key_values,
     parse_opts,
@@ -115,6 +117,11 @@ def method_hparams(args: argparse.Namespace, recipe=None) -> tuple[str, dict[str
         if value is not None:
             if key not in known:
                 raise CLIError(f"argument {flag}: method {name} has no hyper-parameter {key}")
+            if key in raw:
+                raise CLIError(
+                    f"argument {flag}: {key} is also given by --hp {key}={raw[key]}; give it once "
+                    f"(either {flag} {value} or --hp {key}=...)"
+                )
             raw[key] = str(value)
     hp: dict[str, Any] = {}
     if name == "retrain" and recipe is not None:
@@ -127,6 +134,8 @@ def method_hparams(args: argparse.Namespace, recipe=None) -> tuple[str, dict[str
                 f"argument --hp: method {name} has no hyper-parameter {key!r}; valid: {', '.join(known)}"
             )
         hp[key] = coerce(text, known[key]["default"], f"argument --hp {key}")
+    flag = "--epochs" if args.epochs is not None else "--hp epochs"
+    check_no_op(name, hp, f"argument {flag}")
     return name, hp
 
 
@@ -166,6 +175,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     check_experiment(args)
     check_forget(args.forget)
     check_at_least_one(args, "train_epochs", "batch_size", "threads")
+    check_out(args.out)
 
 
 def prepare_from_args(args: argparse.Namespace, forget: str, **options: Any) -> Any:
@@ -173,8 +183,19 @@ def prepare_from_args(args: argparse.Namespace, forget: str, **options: Any) -> 
     --cache-dir``, and ``--data-opt --model-opt --no-cache`` where the command has them) and ``options``
     (``recipe``, ``batch_size``); its errors become `CLIError` s naming the flag, e.g. a forget file made
     for another dataset or split (``--forget``)."""
-    from unlearning.setup import prepare
+    from unlearning.models import check_options
+    from unlearning.setup import check_seed, prepare
 
+    model_opts = parse_opts(getattr(args, "model_opt", None), "--model-opt")
+    dataset_opts = parse_opts(getattr(args, "data_opt", None), "--data-opt")
+    for flag, check, values in (
+        ("--seed", check_seed, (args.seed,)),
+        ("--model-opt", check_options, (args.model, model_opts)),
+    ):
+        try:
+            check(*values)
+        except ValueError as err:
+            raise CLIError(f"argument {flag}: {err}") from None
     try:
         return prepare(
             args.dataset.lower(),
@@ -184,32 +205,35 @@ def prepare_from_args(args: argparse.Namespace, forget: str, **options: Any) -> 
             device=args.device,
             data_dir=args.data_dir,
             cache_dir=args.cache_dir,
-            model_opts=parse_opts(getattr(args, "model_opt", None), "--model-opt"),
-            dataset_opts=parse_opts(getattr(args, "data_opt", None), "--data-opt"),
+            model_opts=model_opts,
+            dataset_opts=dataset_opts,
             use_cache=not getattr(args, "no_cache", False),
             **options,
         )
-    except FileNotFoundError as err:
-        flag = "--forget" if "forget indices" in str(err) else "--data-dir"
-        raise CLIError(f"argument {flag}: {err}") from None
-    except TypeError as err:  # an unknown dataset option reaches the loader's signature
-        raise CLIError(f"argument --data-opt: {err}") from None
-    except ValueError as err:
-        raise CLIError(f"argument {_flag_for(str(err))}: {err}") from None
+    except (FileNotFoundError, TypeError, ValueError) as err:
+        raise CLIError(f"argument {_flag_of(err)}: {err}") from None
 
 
-def _flag_for(message: str) -> str:
-    """The command-line argument a `prepare` error is about (by its message)."""
-    text = message.lower()
-    for words, flag in (
-        (("forget",), "--forget"),
-        (("model", "mlp", "cnn", "resnet"), "--model"),
-        (("device", "cuda"), "--device"),
-        (("lr", "epochs", "schedule", "batch_size", "momentum", "weight_decay"), "--train-epochs/--train-lr"),
-    ):
-        if any(w in text for w in words):
-            return flag
-    return "--dataset/--data-opt"
+#: `unlearning.setup.Experiment` field (the ``param`` of a `prepare` error) -> the flag that sets it.
+FLAGS = {
+    "device": "--device",
+    "seed": "--seed",
+    "model_opts": "--model-opt",
+    "model": "--model/--model-opt",
+    "dataset": "--dataset",
+    "dataset_opts": "--data-opt",
+    "forget": "--forget",
+    "val_fraction": "--dataset/--data-opt",
+}
+
+
+def _flag_of(err: Exception) -> str:
+    """The flag a `prepare` error is about: the field it names (``err.param``, set where it was raised), a
+    missing dataset file (``--data-dir``) or, failing both, the training recipe's flags."""
+    param = getattr(err, "param", None)
+    if isinstance(err, FileNotFoundError) and param != "forget":
+        return "--data-dir"
+    return FLAGS.get(param, "--train-epochs/--train-lr")
 
 
 class _Sized:
@@ -229,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         return list_methods()
     from unlearning import metrics
+    from unlearning.evaluate import run_method
     from unlearning.io import jsonable, write_json, write_text
     from unlearning.report import unlearn_markdown, unlearn_table
     from unlearning.training import default_recipe
@@ -250,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     task = prepared.task
 
     torch.manual_seed(args.seed)
-    result = method.unlearn(prepared.original, task)
+    result = run_method(method, prepared.original, task)
     retrain_model, retrain_seconds = prepared.retrain()
 
     original = {**metrics.evaluate(prepared.original, task), "seconds": prepared.original_seconds}

@@ -68,6 +68,11 @@ def resolve(spec: Any, **hparams: Any) -> Any:
         raise ValueError(
             f"method {spec!r}: cannot import module {module_name!r} ({err}); is it on PYTHONPATH?"
         ) from None
+    except Exception as err:  # the user's module itself fails: a SyntaxError, or any error at import
+        raise ValueError(
+            f"method {spec!r}: importing module {module_name!r} failed with {_describe(err)}; fix the module "
+            "(WORSTFORGET_DEBUG=1 shows the traceback)"
+        ) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -78,9 +83,21 @@ def resolve(spec: Any, **hparams: Any) -> Any:
             obj = obj(**hparams)
         except TypeError as err:
             raise ValueError(f"method {spec!r}: calling {attr}(**{hparams}) failed: {err}") from None
+        except Exception as err:  # the user's constructor or factory raised
+            raise ValueError(
+                f"method {spec!r}: building it with {attr}(**{hparams}) raised {_describe(err)}; "
+                "fix the method"
+            ) from None
     elif hparams:
         raise ValueError(f"method {spec!r} is an instance: it takes no hyper-parameters {sorted(hparams)}")
     return _checked(obj, spec)
+
+
+def _describe(err: BaseException) -> str:
+    """An exception as one line: ``Type: message`` (a SyntaxError with its file and line)."""
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} ({err.filename}, line {err.lineno})"
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def _checked(method: Any, what: str) -> Any:
