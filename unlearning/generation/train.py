@@ -33,7 +33,7 @@ class TrainConfig:
     """Everything that determines a trained diffusion model (frozen; ``asdict`` is its cache key)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
-    steps: int = 1500
+    steps: int = 750
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 100
