@@ -3,7 +3,9 @@
 Every model starts with `Normalize` (``x̂_c = (x_c − μ_c) / σ_c`` with μ, σ held as buffers), so data stay in
 [0, 1] as in the published code, and ends with an ``nn.Linear`` classifier that is the last ``nn.Linear`` in
 ``model.modules()`` (`classifier` finds it; BE swaps it for K+1 outputs). Initialisation is PyTorch's default,
-drawn under ``torch.manual_seed(seed)`` inside a forked RNG (the global stream is left untouched).
+drawn under ``torch.manual_seed(seed)`` inside a forked RNG (the global stream is left untouched), or one of
+the published schemes (`INITS`, ``build(..., init=...)``); `initialize` redraws a built model's initial
+weights exactly (Retrain's fresh start).
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from torch import Tensor, nn
 from unlearning.rng import seeded
 
 NAMES = ("mlp", "cnn", "resnet18")
+#: initialisation schemes: "default" (PyTorch's), "kaiming" (the published ResNet's: Conv2d weights
+#: kaiming-normal, fan_out, ReLU gain; BatchNorm γ = 1, β = 0; the rest PyTorch's), "xavier" (the published
+#: `weights_init` of the worst-case code's Retrain lower level: Linear and Conv2d weights xavier-uniform,
+#: biases 0)
+INITS = ("default", "kaiming", "xavier")
 
 
 class Normalize(nn.Module):
@@ -134,10 +141,14 @@ def build(
     mean: Sequence[float],
     std: Sequence[float],
     seed: int = 0,
+    init: str = "default",
     **opts,
 ) -> nn.Module:
     """A freshly initialised model ``name`` (``mlp``: option ``hidden``; ``cnn``: ``channels``, ``hidden``;
-    ``resnet18``: ``width``), weights drawn from ``seed``."""
+    ``resnet18``: ``width``), weights drawn from ``seed`` with the scheme ``init`` (`INITS`; the published
+    ResNet-18 is ``"kaiming"``); the model remembers it as ``init_scheme`` for `initialize`."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     key = name.lower()
     classes = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18}
     if key not in classes:
@@ -150,9 +161,45 @@ def build(
     check_options(key, opts)
     with seeded(seed):  # modules are built on the CPU
         try:
-            return classes[key](shape, num_classes, mean, std, **opts)
+            model = classes[key](shape, num_classes, mean, std, **opts)
         except TypeError as err:
             raise ValueError(f"bad option for model {name!r}: {err}") from None
+        apply_init(model, init)  # the same stream continues: default draws first, then the scheme's
+    model.init_scheme = init
+    return model
+
+
+def apply_init(model: nn.Module, init: str) -> nn.Module:
+    """Overwrite ``model``'s initial weights with the scheme ``init`` (`INITS`), in place, drawing from the
+    global generator in ``model.modules()`` order (``"default"`` changes nothing)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if init == "kaiming" and isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif init == "kaiming" and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif init == "xavier" and isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model
+
+
+def initialize(model: nn.Module, seed: int, init: str | None = None) -> nn.Module:
+    """Redraw ``model``'s initial weights, in place, as `build` draws them with ``seed``: every submodule's
+    ``reset_parameters()`` in ``model.modules()`` order (the order the models' constructors create them, so
+    a model of `build` gets exactly `build`'s weights back), then the scheme ``init`` (default: the model's
+    ``init_scheme``, else ``"default"``). Under a forked RNG: the global stream is left as it was."""
+    scheme = init if init is not None else getattr(model, "init_scheme", "default")
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {scheme!r}")
+    with seeded(seed, next(model.parameters()).device), torch.no_grad():
+        for module in model.modules():
+            if module is not model and callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        apply_init(model, scheme)
+    return model
 
 
 #: The options of each model: name -> (what it is, whether a list of sizes, example).

@@ -84,7 +84,8 @@ class Prepared:
         return copy.deepcopy(self.original)
 
     def retrain(self) -> tuple[nn.Module, float]:
-        """Retrain: the model trained from the original's initialisation on D_r with the same recipe and seed.
+        """Retrain: the model trained from the original's initialisation on D_r with the same recipe and seed
+        (the initialisation the registry's ``retrain`` method also starts from: `unlearning.models.initialize`).
 
         Returns ``(model, seconds)``; seconds is the training time (measured when it was trained; cached)."""
         retain = self.task.retain
@@ -101,6 +102,7 @@ class Prepared:
             kind="retrain",
             cache_dir=self.cache_dir,
             use_cache=self.use_cache,
+            val=self.task.val,  # used only by a recipe with checkpoint='best_val'
         )
         self.retrain_from_cache = trained.from_cache
         return trained.model, trained.seconds
@@ -257,6 +259,7 @@ def _train_original(prepared: Prepared) -> None:
         kind="original",
         cache_dir=prepared.cache_dir,
         use_cache=prepared.use_cache,
+        val=prepared.task.val,  # used only by a recipe with checkpoint='best_val'
     )
     prepared.original = trained.model
     prepared.original_seconds = trained.seconds

@@ -1,5 +1,5 @@
 """Pieces the iterative methods share: their common hyper-parameters, the one SGD run (`Iterative.descend`),
-shuffled batching, cross-entropy, re-initialisation."""
+shuffled batching, cross-entropy."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from bilevel.validate import Interval
 from unlearning.data_types import ArrayData, Task
 from unlearning.loop import SGDConfig, StepHook, run_epochs
 from unlearning.methods.base import Method, epochs_hp, hparam, lr_hp
-from unlearning.rng import seeded
 
 #: ``loss(model, batch, epoch) -> scalar``: what `unlearning.loop.run_epochs` descends.
 Loss = Callable[[nn.Module, Any, int], Tensor]
@@ -95,19 +94,3 @@ class Iterative(Method):
 
 def per_sample_ce(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y.to(logits.device), reduction="none")
-
-
-def reinitialize(model: nn.Module, seed: int) -> nn.Module:
-    """Fresh weights, seeded: the model's own ``reset_parameters()`` if it defines one, else every
-    submodule's.
-
-    Runs under ``torch.random.fork_rng`` so the global random state is left as it was.
-    """
-    with seeded(seed, next(model.parameters()).device), torch.no_grad():
-        if callable(getattr(model, "reset_parameters", None)):
-            model.reset_parameters()
-        else:
-            for module in model.modules():
-                if module is not model and callable(getattr(module, "reset_parameters", None)):
-                    module.reset_parameters()
-    return model

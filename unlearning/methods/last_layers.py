@@ -39,10 +39,20 @@ def last_layers(model: nn.Module, k: int) -> list[tuple[str, nn.Module]]:
 
 
 def layer_parameter_names(model: nn.Module, k: int) -> list[str]:
-    """Names of the parameters of the last k layers (the trainable ones)."""
-    return [
-        f"{n}.{p}" if n else p for n, m in last_layers(model, k) for p, _ in m.named_parameters(recurse=False)
-    ]
+    """Names of the trainable parameters, as the published ``reinit_and_freeze_layers`` unfreezes them: walk
+    ``model.named_modules()`` backwards and unfreeze every module met until the k-th ``nn.Linear`` /
+    ``nn.Conv2d`` (inclusive), so the BatchNorm layers between the last k layers train too (k = 1: the last
+    layer only). A container is met after all its children, whose parameters are already in, so its own
+    (non-recursive) parameters are what it adds; the result is in ``model.named_parameters()`` order."""
+    last_layers(model, k)  # the k check and its message
+    names: set[str] = set()
+    counted = 0
+    for n, m in reversed(list(model.named_modules())):
+        if counted >= k:
+            break
+        names.update(f"{n}.{p}" if n else p for p, _ in m.named_parameters(recurse=False))
+        counted += isinstance(m, (nn.Linear, nn.Conv2d))
+    return [n for n, _ in model.named_parameters() if n in names]
 
 
 def reinit_layers(model: nn.Module, k: int, generator: torch.Generator) -> None:

@@ -23,7 +23,8 @@ from unlearning.methods.base import (
     lr_hp,
     retain_mean,
 )
-from unlearning.methods.common import Iterative, per_sample_ce, reinitialize
+from unlearning.methods.common import Iterative, per_sample_ce
+from unlearning.models import INITS, initialize
 
 _OFFSET = 101
 
@@ -34,7 +35,13 @@ class Retrain(Iterative):
 
     Defaults are the digits/MLP recipe (20 epochs, lr 0.1, cosine), the same as the original model's; the
     papers use 182 epochs, lr 0.1, batch 256, cosine on CIFAR-10 (`from_recipe` takes a
-    ``unlearning.training.Recipe``). The initial weights are drawn from the task seed.
+    ``unlearning.training.Recipe``).
+
+    The initial weights are the original model's initialisation: `unlearning.models.initialize` with the task
+    seed redraws exactly what `unlearning.models.build` drew for the original (the seed `prepare` trains it
+    from), so this method and ``prepare(...).retrain()`` start from one initialisation. ``init`` picks
+    another scheme of `unlearning.models.INITS` drawn from the same seed ("xavier": the published worst-case
+    code's Retrain lower level, ``model.apply(weights_init)``; "original", the default, is the model's own).
 
     ``lower_loss`` = mean_r^w ℓ(θ; x, y), i.e. Σ(1−w_i)ℓ_i / Σ(1−w_i) on a full batch, started from the fresh
     initialisation (``initial_state``).
@@ -49,6 +56,9 @@ class Retrain(Iterative):
     epochs: int = epochs_hp(20)
     lr: float = lr_hp(0.1)
     schedule: str = hparam("cosine", Options(("cosine", "multistep", "constant")), "learning-rate schedule")
+    init: str = hparam(
+        "original", Options(("original", *INITS)), "initial weights: the original's scheme, or one of INITS"
+    )
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> Retrain:
@@ -56,8 +66,12 @@ class Retrain(Iterative):
         keys = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "schedule")
         return cls(**{k: getattr(recipe, k) for k in keys if hasattr(recipe, k)})
 
+    def fresh(self, model: nn.Module, task: Task) -> nn.Module:
+        """``model`` re-initialised in place from the task seed (see the class docstring)."""
+        return initialize(model, seed=task.seed, init=None if self.init == "original" else self.init)
+
     def _unlearn(self, model: nn.Module, task: Task, run: Run) -> tuple[nn.Module, dict]:
-        reinitialize(model, seed=task.seed * 1_000_003 + _OFFSET)
+        self.fresh(model, task)
         self.descend(model, run.hooks, ce_loss, self.shuffled(task, task.retain))
         return model.eval(), {}
 
@@ -66,8 +80,7 @@ class Retrain(Iterative):
         return dataclasses.replace(super().sgd(), schedule=self.schedule)
 
     def _bind(self, model: nn.Module, task: Task) -> LowerContext:
-        fresh = reinitialize(copy.deepcopy(model), seed=task.seed * 1_000_003 + _OFFSET)
-        return default_context(model, task, module=fresh)
+        return default_context(model, task, module=self.fresh(copy.deepcopy(model), task))
 
     def _lower_loss(
         self,
