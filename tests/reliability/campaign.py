@@ -231,6 +231,14 @@ USER = {
             def unlearn(self, model, task):
                 return model
     """,
+    "identity": """
+        import copy
+        from unlearning.methods import FT, Unlearned
+        class M(FT):
+            name = "mine"
+            def unlearn(self, model, task):
+                return Unlearned(copy.deepcopy(model), 0.0)
+    """,
     "other_arch": """
         import torch
         from unlearning.methods import FT, Unlearned
@@ -308,7 +316,8 @@ def stress_cases(c: Campaign) -> None:
         "noname": "--methods",
         "notmethod": "--methods",
         "returns_none": "method mine",
-        "returns_model": None,
+        "returns_model": "method mine",
+        "identity": None,
         "other_arch": "method mine",
         "fails": "method mine",
         "nan": None,
@@ -667,15 +676,18 @@ def process_cases(c: Campaign) -> None:
         out = root / f"held-{wait}"
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(_base_run(root), out)
-        holder = hold_lock(out, 6)
-        p = subprocess.run(
-            [*cmd, "stress", *TINY, "--out", str(out), *(["--wait"] if wait else [])],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        holder.wait()
-        return classify_exit(p.returncode, p.stderr, "ok" if wait else "error", ("--out", "in use"))
+        holder = hold_lock(out, 600)
+        argv = [*cmd, "stress", *TINY, "--out", str(out), *(["--wait"] if wait else [])]
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if wait:
+            time.sleep(3)
+            if p.poll() is not None:
+                return "other", "--wait did not wait"
+        else:
+            p.wait()
+        holder.kill()
+        _, err = p.communicate()
+        return classify_exit(p.returncode, err, "ok" if wait else "error", ("--out", "in use"))
 
     c.add("stress on a folder another run holds", "cli", lambda: held(False))
     c.add("stress --wait on a folder another run holds (good)", "cli", lambda: held(True))

@@ -75,13 +75,15 @@ def test_two_runs_on_one_out_never_lose_rows(tmp_path, finished_run):
     winner = json.loads((out / "report.json").read_text())
     assert winner["complete"] and len(winner["results"]) == 2 * 2 * 3
 
-    holder = hold_lock(out, 8)  # another run holds the folder
+    holder = hold_lock(out, 600)  # another run holds the folder (until killed)
     won = TINY_ARGS if winner["config"]["methods"][0]["name"] == "ga" else ["--methods", "ft", *TINY_ARGS[2:]]
     refused = cli("stress", *won, "--out", str(out))
     assert one_line_error(refused, "argument --out:", "in use by another run", "--wait")
-    waited = cli("stress", *won, "--out", str(out), "--wait")  # starts when the holder lets go: resumes
-    assert waited.returncode == 0, waited.stderr
-    assert holder.poll() is not None
+    waiting = _start(out, {}, *won[:2], "--wait")
+    time.sleep(3)
+    assert waiting.poll() is None  # queued behind the holder
+    holder.kill()  # the OS releases a dead holder's lock: the queued run starts and resumes
+    assert waiting.wait(timeout=300) == 0, waiting.communicate()[1]
     assert json.loads((out / "report.json").read_text())["results"] == winner["results"]
 
 
