@@ -85,11 +85,14 @@ DEFAULT_UPPER_LR = 30.0
 #: class-wise, a class's mean loss after the whole class left the retain set is large (≈ 10 on digits), and
 #: steps of 30 jump between vertices of the simplex; 1.0 lets the weights settle.
 DEFAULT_UPPER_LR_CLASSWISE = 1.0
-#: method-aware upper steps (data-wise; the method's name → ``upper_lr``): methods whose lower level reacts
-#: to the selection (RL and SalUn relabel the selected points, so their loss after unlearning is large, ≈ 2
-#: to 5 instead of FT's 1e-3 to 1e-2) need a smaller step, one that moves a weight by about as much as FT's
-#: 30 does for FT (docs/worst_case.md, "Method-aware defaults").
-METHOD_UPPER_LR: dict[str, float] = {}
+#: method-aware upper steps (data-wise; the method's name → ``upper_lr``). FT's step of 30 moves a weight by
+#: at most 30 × the spread of ℓ_i (ℓ_i ~ 1e-3 to 1e-2 after FT on digits: ≈ 0.3 per step); RL and SalUn
+#: relabel the selected points, so their ℓ_i after unlearning are ~100 times larger (≈ 1 on average) and the
+#: same change needs a step ~100 times smaller. Measured on digits/MLP, seeds 0-2, first-order rule
+#: (docs/worst_case.md, "Method-aware defaults"): at 30 their F rises (RL 127 → 421 at the last top-m on seed
+#: 0) and the best set met is the random start; at 0.3 F falls by 35 to 73% (RL 127 → 34, 134 → 69,
+#: 113 → 74; SalUn 112 → 63, 117 → 61), more than at 1 or 0.1.
+METHOD_UPPER_LR: dict[str, float] = {"rl": 0.3, "salun": 0.3}
 #: implicit mode: the proximal weight ρ of the lower level g(θ, w) + (ρ/2)‖θ − θ_o‖², and the relative CG
 #: residual at which the linear solve stops (docs/worst_case.md, "Implicit").
 DEFAULT_PROXIMAL = 1.0
