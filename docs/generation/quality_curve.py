@@ -50,6 +50,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--final", action="store_true", help="score the cached model of the config (no curve)")
     p.add_argument("--ablate", action="store_true", help="sampler settings on the cached model (no curve)")
+    p.add_argument("--replot", action="store_true", help="rewrite curve.md/curve.png from OUT/curve.json")
     return p.parse_args()
 
 
@@ -59,6 +60,8 @@ def overrides(pairs: list[str]) -> dict:
 
 def main() -> None:
     a = parse()
+    if a.replot:
+        return write(Path(a.out), json.loads((Path(a.out) / "curve.json").read_text()), None)
     torch.set_num_threads(a.threads)
     over = overrides(a.set) | ({"steps": a.steps} if a.steps else {})
     config = dataclasses.replace(
@@ -159,7 +162,7 @@ def ablate(ds, config: TrainConfig, judge, a) -> None:
     write_text(Path(a.out) / "samplers.md", "\n".join(lines) + "\n")
 
 
-def write(out: Path, info: dict, images: torch.Tensor) -> None:
+def write(out: Path, info: dict, images: torch.Tensor | None) -> None:
     """curve.json, curve.md (table), curve.png (accuracy against training CPU time), samples.png."""
     rows = info["rows"]
     out.mkdir(parents=True, exist_ok=True)
@@ -180,14 +183,17 @@ def write(out: Path, info: dict, images: torch.Tensor) -> None:
     ax.plot(minutes, [r["judge_acc"] for r in rows], "o-", label="judge (MLP, noise-augmented)")
     ax.plot(minutes, [r["svc_acc"] for r in rows], "s--", label="RBF SVC (clean digits)")
     ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+    chosen = [r["train_cpu_seconds"] / 60 for r in rows if r["step"] == TrainConfig().steps]
+    for x in chosen:
+        ax.axvline(x, color="green", lw=0.8, ls="--", label=f"default: {TrainConfig().steps} steps")
     ax.set_xlabel("training CPU time (min, one thread)")
     ax.set_ylabel("samples labelled as their class")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, out / "curve.png")
-    save_grid(
-        out / "samples.png", images, columns=12, titles=(f"EMA samples after {rows[-1]['step']} steps", "")
-    )
+    if images is not None:
+        title = f"EMA samples after {rows[-1]['step']} steps"
+        save_grid(out / "samples.png", images, columns=12, titles=(title, ""))
 
 
 if __name__ == "__main__":
