@@ -7,8 +7,10 @@ written atomically: ``<kind>-<key>.pt`` (the ``state_dict``) and ``<kind>-<key>.
 training time in seconds and ``sha256``, the SHA-256 of the ``.pt`` file's bytes). An entry is used only when
 its meta is an object with this key, a finite ``seconds`` >= 0 and the hash of the weights file, and the
 weights load into the model and are finite; any other entry (swapped, truncated, zeroed or NaN weights, an
-edited meta, an entry of an older version without a hash) is reported by one `CacheWarning` naming the file
-and retrained (the new entry replaces it), never used. Location: the ``cache_dir`` argument, else
+edited meta) is reported by one `CacheWarning` naming the file and retrained (the new entry replaces it),
+never used. An entry written before hashes were stored (no ``sha256``) that loads and is finite is adopted:
+its hash is recorded, so it is checked from then on (retraining every older entry, diffusion models
+included, would cost hours). Location: the ``cache_dir`` argument, else
 ``$WORSTFORGET_CACHE``, else ``~/.cache/worstforget``; models live in its ``models/`` folder.
 """
 
@@ -149,9 +151,12 @@ def _load_entry(model: nn.Module, weights: Path, meta: Path, key: str) -> float:
         raise _BadEntry(f"meta file {meta.name} has no valid training time ('seconds': {seconds!r})")
     if seconds < 0:
         raise _BadEntry(f"meta file {meta.name} has a negative training time ({seconds})")
-    if info.get("sha256") != hashlib.sha256(data).hexdigest():
-        why = "no weights hash (written by an older version)" if "sha256" not in info else "hash mismatch"
-        raise _BadEntry(f"weights do not match their meta file ({why}: swapped, edited or cut short)")
+    digest = hashlib.sha256(data).hexdigest()
+    legacy = (
+        "sha256" not in info
+    )  # written before hashes were stored: adopted below if it loads and is finite
+    if not legacy and info["sha256"] != digest:
+        raise _BadEntry("weights do not match their meta file (hash mismatch: swapped, edited or cut short)")
     try:
         state = torch.load(io.BytesIO(data), map_location=_device_of(model), weights_only=True)
         model.load_state_dict(state)
@@ -160,6 +165,8 @@ def _load_entry(model: nn.Module, weights: Path, meta: Path, key: str) -> float:
     bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise _BadEntry(f"weights hold NaN or inf ({', '.join(bad[:3])})")
+    if legacy:
+        write_json(meta, {**info, "sha256": digest})
     return float(seconds)
 
 

@@ -12,6 +12,7 @@ trained from the original's initialisation on D_r; cached), the original model Î
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -86,7 +87,8 @@ def run_method(method: Any, model: nn.Module, task: Any) -> Any:
     """``method.unlearn(model, task)``, checked: a method that raises (other than ``FloatingPointError``, a
     divergence), returns something without a ``model`` ``nn.Module`` and ``seconds``, or a model whose
     parameters differ in names or shapes from ``model`` (another architecture) is a ``ValueError`` naming
-    the method and the fix: a user's method fails in one line, never silently or with a traceback."""
+    the method and the fix: a user's method fails in one line, never silently or with a traceback. A
+    result whose weights equal ``model``'s (``epochs=0``: nothing was unlearned) is said by a warning."""
     name = getattr(method, "name", repr(method))
     try:
         result = method.unlearn(model, task)
@@ -112,6 +114,12 @@ def run_method(method: Any, model: nn.Module, task: Any) -> Any:
         raise ValueError(
             f"method {name}: unlearn returned a model of another architecture ({len(have)} parameter "
             f"tensors, {len(want)} expected, or other shapes): return the unlearned copy of the model given"
+        )
+    if all(torch.equal(a, b) for a, b in zip(model.parameters(), got.parameters())):
+        warnings.warn(
+            f"method {name}: unlearn returned the original model's weights unchanged (no step taken: "
+            "epochs=0 or everything masked?); its row is the original model's",
+            stacklevel=2,
         )
     return result
 

@@ -539,7 +539,6 @@ def cache_cases(c: Campaign) -> None:
         "meta seconds null": meta(seconds=None),
         "meta seconds text": meta(seconds="1"),
         "meta key changed": meta(key="x"),
-        "meta without hash": no_hash,
         "meta a list": lambda w, m: m.write_text("[]"),
         "meta empty": lambda w, m: m.write_text(""),
         "weights deleted": lambda w, m: w.unlink(),
@@ -564,6 +563,17 @@ def cache_cases(c: Campaign) -> None:
         return run_lib(again, "warn", (str(weights),))
 
     c.add("cache: weights swapped for another model's", "lib", swapped)
+
+    def legacy() -> tuple[str, str]:  # an entry of an older version (no hash): adopted, then checked
+        weights, metafile, again = entry()
+        no_hash(weights, metafile)
+        outcome, detail = run_lib(again, "ok")
+        if outcome != "works" or "sha256" not in json.loads(metafile.read_text()):
+            return "other", f"not adopted: {detail}"
+        zeros(weights, metafile)
+        return run_lib(again, "warn", (str(weights),))
+
+    c.add("cache: entry without hash adopted, then zeroed", "lib", legacy)
 
 
 def library_cases(c: Campaign) -> None:

@@ -1,6 +1,6 @@
 """The model cache never uses an entry it cannot trust: swapped, zeroed, NaN-poisoned or truncated weights,
-an edited meta file ("seconds": null, not an object) or an entry without a weights hash is reported once,
-naming the file, and retrained (issue 14)."""
+an edited meta file ("seconds": null, not an object) is reported once, naming the file, and retrained; an
+entry written before hashes existed is adopted (issue 14)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,6 @@ def _delete_weights(weights, meta, tmp_path):
         (_edit_meta(seconds="fast"), "'seconds': 'fast'"),
         (_edit_meta(seconds=-3.0), "negative"),
         (_edit_meta(key="0" * 64), "key"),
-        (_drop_hash, "older version"),
         (_meta_text("[1, 2]"), "key"),
         (_meta_text(""), "unreadable"),
         (_delete_weights, "missing"),
@@ -133,6 +132,17 @@ def test_a_bad_entry_is_reported_once_naming_the_file_and_retrained(tmp_path, ta
     assert len(messages) == 1 and str(weights) in messages[0] and why in messages[0], messages
     again, calls, messages = _reload(tmp_path)  # the entry was replaced: used, no second report
     assert again.from_cache and calls == [] and messages == []
+
+
+def test_an_entry_without_a_hash_is_adopted_then_checked(tmp_path):
+    weights, meta = _entry(tmp_path)
+    _drop_hash(weights, meta, tmp_path)
+    trained, calls, messages = _reload(tmp_path)
+    assert trained.from_cache and calls == [] and messages == []  # loads and is finite: used
+    assert len(json.loads(meta.read_text())["sha256"]) == 64  # and its hash recorded
+    _zero(weights, meta, tmp_path)
+    trained, calls, messages = _reload(tmp_path)
+    assert not trained.from_cache and calls == [1] and "hash mismatch" in messages[0]
 
 
 def test_prepare_retrains_a_swapped_original_to_the_same_weights(tmp_path):
