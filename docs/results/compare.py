@@ -4,6 +4,7 @@
     python docs/results/compare.py modes docs/results/modes/first_order docs/results/modes/unrolled ...
     python docs/results/compare.py ci docs/results/stress-digits-10seeds    # mean ± 95% CI over seeds
     python docs/results/compare.py sweep docs/results/salun-rl-sweep-digits [STRESS_DIR]
+    python docs/results/compare.py classwise docs/results/classwise-hits-digits [--seeds]
 
 ``table``: per method (mean over the seeds whose run finished), UA, RA, TA, MIA-Efficacy and Avg. Gap to
 Retrain on the random and worst-case sets, and the gap's change; a method that diverged on some seeds says so
@@ -29,6 +30,13 @@ Gap mean ± 95% CI, its standard deviation over seeds, and the mean UA / MIA. Wi
 report on the same dataset and seeds), the other methods' random-set rows at their defaults follow, after a
 check that Retrain's rows are the same; a sweep run with ``--twin`` adds its second Retrain (seed + 1000),
 the gap's noise floor. ``sweep DIR --grid`` prints every candidate's mean gap instead.
+
+``classwise``: a ``docs/results/classwise_hits.py`` report (the exact class-wise worst case against the
+relaxed search's variants, per seed). Per variant: in how many seeds the relaxed search returned the exact
+worst class (the class of lowest F in the exhaustive ``per_class``), the mean rank of its class (1 = the
+exact worst of the classes), its mean F − F(best) (how far above the exact optimum), in how many seeds it
+returned its random start class, and its mean seconds. ``--seeds`` prints one line per seed instead (F at the
+start class, the exact worst class and F there, each variant's class).
 """
 
 from __future__ import annotations
@@ -244,6 +252,48 @@ def sweep(folder: Path, stress_dir: Path | None = None, grid: bool = False) -> N
             )
 
 
+def _key_of(classes: list[int]) -> str:
+    return ",".join(map(str, classes))
+
+
+def _classwise_seeds(rep: dict, exact: dict[int, dict], variants: list[str]) -> None:
+    print("| seed | start class (F) | exact worst class (F) | " + " | ".join(variants) + " |")
+    print("|--:|--:|--:|" + "--:|" * len(variants))
+    for seed, ex in sorted(exact.items()):
+        f, start, best = ex["per_class"], _key_of(ex["start_classes"]), _key_of(ex["classes"])
+        found = {r["variant"]: _key_of(r["classes"]) for r in rep["rows"] if r["seed"] == seed}
+        cells = " | ".join(f"{found[v]} ({f[found[v]]:.2f})" if v in found else "—" for v in variants)
+        print(f"| {seed} | {start} ({f[start]:.2f}) | {best} ({f[best]:.2f}) | {cells} |")
+
+
+def classwise(folder: Path, per_seed: bool = False) -> None:
+    rep = json.loads((folder / "report.json").read_text())
+    exact = {r["seed"]: r for r in rep["rows"] if r["variant"] == "exhaustive"}
+    variants = list(rep["config"]["variants"])
+    if per_seed:
+        _classwise_seeds(rep, exact, variants)
+        return
+    print(
+        "| search | seeds | exact worst class found | mean rank of its class | mean F − F(best) "
+        "| start class kept | s / seed |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for variant in ["exhaustive", *variants]:
+        runs = [r for r in rep["rows"] if r["variant"] == variant and r["seed"] in exact]
+        hits = ranks = excess = kept = 0
+        for r in runs:
+            f = exact[r["seed"]]["per_class"]
+            key = _key_of(r["classes"])
+            hits += key == _key_of(exact[r["seed"]]["classes"])
+            ranks += 1 + sum(v < f[key] for v in f.values())
+            excess += f[key] - min(f.values())
+            kept += r["classes"] == r["start_classes"]
+        n = len(runs)
+        seconds = statistics.mean(r["seconds"] for r in runs)
+        cells = f"{hits} / {n} | {ranks / n:.1f} | {excess / n:.2f} | {kept} / {n} | {seconds:.1f}"
+        print(f"| {variant} | {n} | {cells} |")
+
+
 def modes(folders: list[str]) -> None:
     print(
         "| hypergrad | upper steps | search s / seed | overlap with random | Retrain UA (worst) "
@@ -256,14 +306,16 @@ def modes(folders: list[str]) -> None:
 
 USAGE = (
     "usage: compare.py table DIR | compare.py ci DIR | compare.py modes DIR [DIR ...] | "
-    "compare.py sweep DIR [STRESS_DIR] [--grid]"
+    "compare.py sweep DIR [STRESS_DIR] [--grid] | compare.py classwise DIR [--seeds]"
 )
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("table", "modes", "ci", "sweep"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("table", "modes", "ci", "sweep", "classwise"):
         sys.exit(USAGE)
     if sys.argv[1] == "table":
         table(Path(sys.argv[2]))
+    elif sys.argv[1] == "classwise":
+        classwise(Path(sys.argv[2]), per_seed="--seeds" in sys.argv[3:])
     elif sys.argv[1] == "ci":
         ci(Path(sys.argv[2]))
     elif sys.argv[1] == "sweep":

@@ -38,6 +38,21 @@ from unlearning.io import write_json
 from unlearning.setup import prepare
 
 
+def code_version() -> dict:
+    """The commit the run started from and whether the working tree differed from it (the numbers of a
+    dirty tree are those of the code as it was then)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
@@ -142,6 +157,7 @@ def main(argv: list[str]) -> None:
     if report["config"] != config:
         sys.exit(f"{path} holds another sweep's config; use another --out")
     report["seeds"] = sorted(set(report["seeds"]) | set(args.seeds))
+    report.setdefault("code", []).append(code_version())
     done = {(r["seed"], r["method"], json.dumps(r["overrides"], sort_keys=True)) for r in report["rows"]}
     for seed in args.seeds:
         prepared = prepare(args.dataset, args.model, f"random:{args.fraction}", seed=seed)

@@ -111,6 +111,8 @@ def test_doc_tables_are_compare_output(compare, argv, after, monkeypatch):
     paths = [Path(a) for a in rest if not a.startswith("--")]
     if command == "modes":
         text = _printed(compare.modes, [str(p) for p in paths])
+    elif command == "classwise":
+        text = _printed(compare.classwise, paths[0], per_seed="--seeds" in rest)
     elif command == "sweep":
         text = _printed(compare.sweep, paths[0], paths[1] if len(paths) > 1 else None, grid="--grid" in rest)
     else:
