@@ -28,7 +28,9 @@ and offers two things:
 
     ``initial_state()`` of a bound method returns the (params, buffers) the lower level starts from: θ_o, or a
     fresh initialisation for Retrain, or the expanded model for BE. The bound module is put in eval mode
-    (BatchNorm uses its running statistics, which ``buffers`` carries and nothing updates).
+    (BatchNorm uses its running statistics, which ``buffers`` carries and nothing updates); the worst-case
+    search then switches its BatchNorm layers to batch statistics
+    (`unlearning.worst_case.set_batchnorm_policy`).
 """
 
 from __future__ import annotations
