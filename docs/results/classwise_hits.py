@@ -16,7 +16,6 @@ above the best, and how often it returned its start class.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from unlearning.setup import prepare
 from unlearning.worst_case import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tune_random import _ints, code_version  # noqa: E402  (the sibling script's helpers)
+from tune_random import _ints, open_report  # noqa: E402  (the sibling script's helpers)
 
 
 def _variant(spec: str) -> tuple[str, dict]:
@@ -68,11 +67,7 @@ def main(argv: list[str]) -> None:
         "variants": variants,
     }
     path = args.out / "report.json"
-    report = json.loads(path.read_text()) if path.exists() else {"config": config, "seeds": [], "rows": []}
-    if report["config"] != config:
-        sys.exit(f"{path} holds another configuration; use another --out")
-    report["seeds"] = sorted(set(report["seeds"]) | set(args.seeds))
-    report.setdefault("code", []).append(code_version())
+    report = open_report(path, config, args.seeds)
     done = {(r["seed"], r["variant"]) for r in report["rows"]}
     common = {"budget": args.budget, "classwise": True, "batch_size": args.batch_size, "progress": False}
     for seed in args.seeds:

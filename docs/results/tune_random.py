@@ -53,6 +53,17 @@ def code_version() -> dict:
     }
 
 
+def open_report(path: Path, config: dict, seeds: list[int]) -> dict:
+    """The report at ``path`` to resume (refused, exiting, when its ``config`` differs) or a new one; the
+    seeds and this run's `code_version` are added."""
+    report = json.loads(path.read_text()) if path.exists() else {"config": config, "seeds": [], "rows": []}
+    if report["config"] != config:
+        sys.exit(f"{path} holds another configuration; use another --out")
+    report["seeds"] = sorted(set(report["seeds"]) | set(seeds))
+    report.setdefault("code", []).append(code_version())
+    return report
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
@@ -153,11 +164,7 @@ def main(argv: list[str]) -> None:
     }
     per_method = grids.get("grids") or {m: grids["grid"] for m in config["methods"]}
     path = args.out / "report.json"
-    report = json.loads(path.read_text()) if path.exists() else {"config": config, "seeds": [], "rows": []}
-    if report["config"] != config:
-        sys.exit(f"{path} holds another sweep's config; use another --out")
-    report["seeds"] = sorted(set(report["seeds"]) | set(args.seeds))
-    report.setdefault("code", []).append(code_version())
+    report = open_report(path, config, args.seeds)
     done = {(r["seed"], r["method"], json.dumps(r["overrides"], sort_keys=True)) for r in report["rows"]}
     for seed in args.seeds:
         prepared = prepare(args.dataset, args.model, f"random:{args.fraction}", seed=seed)
