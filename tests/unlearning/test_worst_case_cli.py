@@ -93,6 +93,8 @@ def test_search_classwise_reverse_without_comparison(tmp_path, capsys, digits_ra
         (["--upper-lr", "-1"], "--upper-lr"),
         (["--dataset", "imagenet"], "--dataset"),
         (["--device", "tpu"], "--device"),
+        (["--exhaustive"], "--exhaustive"),  # needs --classwise
+        (["--final-rule", "last"], "--final-rule"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, digits_random, argv, flag):
@@ -151,3 +153,22 @@ def test_search_results_carry_their_split_and_class_into_unlearn(tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert "--forget" in err and "split seed 0" in err
+
+
+def test_exhaustive_classwise_run_writes_per_class(tmp_path, capsys, digits_random):
+    """``--classwise --exhaustive``: F at every class in the JSON (``per_class``) and the markdown, the lowest
+    chosen; ``--search-method`` names the method like ``--method``."""
+    out_dir = tmp_path / "ex"
+    code, out, err = run_cli(
+        capsys,
+        "search", "--search-method", "ft", "--classwise", "--exhaustive", "--budget", "1",
+        "--lower-steps", "2", "--no-compare", "--seed", "0", "--out", str(out_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out_dir / "worst_case.json").read_text())
+    assert sorted(report["per_class"], key=int) == [str(c) for c in range(10)]
+    best = min(report["per_class"], key=report["per_class"].get)
+    assert report["classes"] == [int(best)] and report["config"]["final_rule"] == "exhaustive"
+    assert report["config"]["method"] == "ft" and report["history"] == []
+    md = (out_dir / "worst_case.md").read_text()
+    assert "Exact search: F at every set of classes" in md and "--classwise --exhaustive" in md
