@@ -14,7 +14,8 @@ Each task runs the same function the local executor runs (`stress._search_seed`,
 `_original_row`, `_method_result`, `_tuning_entry`, `_best`) on the same inputs, on as many torch threads as
 it has CPUs, so on CPU its numbers are the local ones bit for bit. Trained models go through the model cache
 (`unlearning.cache`, written atomically), whose folder every node must see: the driver resolves it once
-(``cache_dir``, else ``$WORSTFORGET_CACHE``, else ``~/.cache/worstforget``) and hands that path to the tasks.
+(``cache_dir``, else ``$WORSTFORGET_CACHE``, else ``~/.cache/worstforget``; ``data_dir`` too) and hands
+the absolute path to the tasks.
 
 The driver alone writes: rows, tuning entries and searches go into the run's ``report.json`` as their task
 finishes, and worst-case sets into ``out/sets``; a rerun (same ``out``, same config) submits only what is
@@ -135,8 +136,12 @@ class _Grid:
     def __init__(self, run: Any) -> None:
         self.run = run
         self.store = run.store
-        # the tasks get the cache folder as the driver resolves it: every node must see that path
-        self.config = dataclasses.replace(run.config, cache_dir=str(cache_root(run.config.cache_dir)))
+        # the tasks get the cache (and data) folder as the driver resolves it: every node must see that path
+        config = run.config
+        data_dir = None if config.data_dir is None else str(Path(config.data_dir).expanduser().resolve())
+        self.config = dataclasses.replace(
+            config, cache_dir=str(cache_root(config.cache_dir).resolve()), data_dir=data_dir
+        )
         self.shared = ray.put(self.config)
         self.resources = {"num_cpus": self.config.cpus_per_task, "num_gpus": self.config.gpus_per_task}
         self.handlers: dict[Any, Callable[[Any], None]] = {}
