@@ -117,8 +117,9 @@ class StressConfig:
     method but Retrain and FF (`DEFAULT_METHODS`). The report names each by ``method.name``.
     ``search_method``: the method whose worst-case set is searched (a name, an object or a spec).
     ``forget_fraction``: m as a fraction in (0, 1) of the pool, or of the classes when ``class_wise`` (0.1
-    of 10 classes = 1 class). ``seeds``: distinct integers. ``hypergrad``: one of `worst_case.HYPERGRADS`; ``upper_steps`` and ``lower_steps`` (≥ 1): the
-    search's outer steps and lower-level steps per outer step; ``search_options``: further
+    of 10 classes = 1 class). ``seeds``: distinct integers. ``hypergrad``: one of `worst_case.HYPERGRADS`;
+    ``upper_steps`` and ``lower_steps`` (≥ 1): the search's outer steps and lower-level steps per outer step;
+    ``search_options``: further
     `worst_case.search` keywords. ``method_hparams``: ``{name: {key: value}}`` for registry methods (fixed,
     never tuned). ``device``, ``data_dir``, ``cache_dir``: as `unlearning.setup.prepare`. ``executor``:
     ``"local"`` (one process, in order) or ``"ray"`` (each unit a Ray task,
