@@ -85,7 +85,7 @@ class Prepared:
 
     def retrain(self) -> tuple[nn.Module, float]:
         """Retrain: the model trained from the original's initialisation on D_r with the same recipe and seed
-        (the initialisation the registry's ``retrain`` method also starts from: `unlearning.models.initialize`).
+        (the registry's ``retrain`` method starts from the same weights: `unlearning.models.initialize`).
 
         Returns ``(model, seconds)``; seconds is the training time (measured when it was trained; cached)."""
         retain = self.task.retain

@@ -43,9 +43,11 @@ def test_initialize_redraws_exactly_what_build_drew(name, init):
 def test_default_build_is_unchanged_and_schemes_follow_the_published_rules():
     rng = torch.get_rng_state()
     plain = _build("resnet18")
-    assert plain.init_scheme == "default" and torch.equal(torch.get_rng_state(), rng)  # global stream untouched
+    # the global stream is untouched
+    assert plain.init_scheme == "default" and torch.equal(torch.get_rng_state(), rng)
     kaiming = _build("resnet18", init="kaiming")
-    conv = kaiming.layer4[1].conv2.weight.detach()  # kaiming-normal, fan_out, ReLU gain: std √(2 / (C_out·k·k))
+    # kaiming-normal, fan_out, ReLU gain: std √(2 / (C_out·k·k))
+    conv = kaiming.layer4[1].conv2.weight.detach()
     fan_out = conv.shape[0] * conv.shape[2] * conv.shape[3]
     assert float(conv.std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
     assert torch.equal(kaiming.bn1.weight, torch.ones_like(kaiming.bn1.weight))
