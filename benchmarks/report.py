@@ -360,6 +360,7 @@ def render(data: dict[str, Any], json_path: str, out_path: Path, notes: str, wri
         lines += ["## Highlights (computed from the tables)", "", *hl, ""]
     lines += report_extra.scaling_section(kinds, out_path.parent, write_plots)
     lines += report_extra.search_section(kinds)
+    lines += report_extra.overhead_section(kinds)
     lines += report_extra.rte_section(kinds)
     lines += [
         "## Accuracy against cost",

@@ -284,6 +284,29 @@ def search_section(kinds: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out + [""]
 
 
+def overhead_section(kinds: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per-step overhead of `solve_inner` and `Unrolled` against hand-written loops (test_overhead.py)."""
+    rows = [b["extra_info"] for b in kinds.get("overhead", [])]
+    if not rows:
+        return []
+    e = rows[0]
+    med = e["median_s"]
+    return [
+        "## Per-step overhead: the engine against hand-written loops",
+        "",
+        f"Small float64 L2-logistic problem (n = 200, d = 20), {e['steps']} SGD steps, interleaved medians "
+        "(`benchmarks/overhead.py`; `python -m benchmarks.overhead` prints the same race). Target: ≤ 1.05x.",
+        "",
+        "| contestant | ms | ratio to the hand-written loop |",
+        "|---|--:|--:|",
+        f"| hand-written loop, no graph | {_ms(med['hand detached'])} | 1 |",
+        f"| `bilevel.solve_inner` | {_ms(med['ours solve_inner'])} | {e['solve_inner_ratio']:.3f} |",
+        f"| hand-written unroll + one backward | {_ms(med['hand unrolled'])} | 1 |",
+        f"| `Unrolled(SGD, T).hypergrad` | {_ms(med['ours Unrolled'])} | {e['unrolled_ratio']:.3f} |",
+        "",
+    ]
+
+
 def rte_section(kinds: dict[str, list[dict[str, Any]]]) -> list[str]:
     rows = kinds.get("rte")
     if not rows:

@@ -230,6 +230,14 @@ class SGD(Optimizer):
     def step(self, params: Params, grads: Params, state: State) -> tuple[Params, State]:
         _check_grads(params, grads, "SGD")
         lr, mu, tau, wd = self.lr, self.momentum, self.dampening, self.weight_decay
+        if not isinstance(lr, Tensor) and _is_zero(mu) and _is_zero(wd):  # plain SGD: the hot path
+            new: Params = {}
+            for k, p in params.items():
+                g = grads[k]
+                if g is None:
+                    raise _no_grad_error("SGD", k)
+                new[k] = torch.add(p, g, alpha=-lr)
+            return new, {"t": state["t"] + 1}
         t = state["t"]
         use_mom = not _is_zero(mu)
         first = t == 0

@@ -40,7 +40,8 @@ def check_scalar(value: Tensor, name: str) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"{name} must return a scalar tensor, got {shape}")
-    return value.reshape(())
+    # a 0-dim value is returned as is: a reshape would add a node to the graph of every unrolled step
+    return value if value.dim() == 0 else value.reshape(())
 
 
 class DataStream:
