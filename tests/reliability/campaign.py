@@ -375,6 +375,18 @@ def search_cases(c: Campaign) -> None:
     for i, (argv, flag) in enumerate(other):
         full = argv + ([] if "--out" in argv else ["--out", str(root / f"o{i}")])
         c.add(" ".join(argv), "cli", lambda full=full, flag=flag: run_cli(full, "error", (flag,)))
+    for name, text in {"truncated": "{", "a list": "[]", "rows a list": '{"config": {}, "rows": []}'}.items():
+        folder = root / f"gen-{name.replace(' ', '-')}"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(text)
+        (folder / "report.json").write_text(text.replace("rows", "cells"))
+        for command, extra in (("unlearn", ["--method", "ft"]), ("stress", [])):
+            argv = ["generate", command, *extra, "--out", str(folder)]
+            c.add(
+                f"generate {command} resuming a report that is {name}",
+                "cli",
+                lambda argv=argv, f=str(folder): run_cli(argv, "error", ("--out", f)),
+            )
     good = [*TINY_SEARCH, "--out", str(root / "qgood")]
     c.add("search ga tiny (good)", "cli", lambda: run_cli(good, "ok"))
 

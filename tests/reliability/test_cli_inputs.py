@@ -127,6 +127,15 @@ def test_a_user_method_that_fails_is_one_line(tmp_path, capsys, monkeypatch, mod
     _one_line(code, err, *needles)
 
 
+@pytest.mark.parametrize("command, name", [("unlearn", "metrics.json"), ("stress", "report.json")])
+@pytest.mark.parametrize("text", ["{", "[]", '{"config": {}, "rows": [], "cells": []}'])
+def test_generate_refuses_a_broken_report_naming_it(tmp_path, capsys, command, name, text):
+    (tmp_path / name).write_text(text)
+    extra = ["--method", "ft"] if command == "unlearn" else []
+    code, _, err = _main(capsys, "generate", command, *extra, "--out", str(tmp_path))
+    _one_line(code, err, "argument --out:", str(tmp_path / name))
+
+
 def test_stress_hp_zero_epochs_and_wait_flag(tmp_path, capsys):
     code, _, err = _main(capsys, "stress", "--methods", "ga", "--hp", "ga.epochs=0", "--out", str(tmp_path))
     _one_line(code, err, "argument --hp:", "0 epochs")

@@ -311,6 +311,7 @@ def run_unlearn(args: argparse.Namespace) -> int:
     if not args.method:
         raise CLIError("argument --method is required: e.g. --method salun (see --list-methods)")
     _check_common(args)
+    _check_saved(Path(args.out) / "metrics.json", "rows")
     forget = parse_forget(args.forget)
     method = method_from_args(args, args.method)
     setup = set_up(args)
@@ -360,6 +361,25 @@ def _row(report, out, name, method, setup, task, args, forget) -> torch.Tensor:
     return metrics.images
 
 
+def _check_saved(path: Path, part: str) -> None:
+    """A report a previous run left at ``path`` (resumed) is a JSON object with a ``config`` object and a
+    ``part`` object; else a `CLIError` naming the file, before anything is trained."""
+    import json
+
+    if not path.exists():
+        return
+    fix = "delete it (or the folder) to start over, or choose another --out"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        why = " ".join(str(err).split())
+        raise CLIError(f"argument --out: {path} is not readable JSON ({why}): {fix}") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("config", {}), dict)):
+        raise CLIError(f"argument --out: {path} is not a report (not a JSON object with a config): {fix}")
+    if not isinstance(saved.get(part, {}), dict):
+        raise CLIError(f"argument --out: {path}: {part!r} is not a JSON object (edited?): {fix}")
+
+
 def _load_rows(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     from unlearning.generation.stress import ConfigMismatch, load_report
 
@@ -402,6 +422,7 @@ def run_stress(args: argparse.Namespace) -> int:
     from unlearning.generation.task import GenerationTask
 
     _check_common(args)
+    _check_saved(Path(args.out) / "report.json", "cells")
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names:
         raise CLIError("argument --methods: name at least one method, e.g. --methods rl,salun")
