@@ -403,6 +403,9 @@ def saliency_scores(
     was_training = model.training
     model.eval()
     named = [(n, p) for n, p in model.named_parameters()]
+    flags = [p.requires_grad for _, p in named]  # an EMA model may come with requires_grad off
+    for _, p in named:
+        p.requires_grad_(True)
     total = [torch.zeros_like(p) for _, p in named]
     gen = torch.Generator(device=_device(model)).manual_seed(int(seed))
     try:
@@ -417,6 +420,8 @@ def saliency_scores(
                 acc += g * scale
     finally:
         model.train(was_training)
+        for (_, p), flag in zip(named, flags):
+            p.requires_grad_(flag)
     return {n: g.abs() for (n, _), g in zip(named, total)}
 
 

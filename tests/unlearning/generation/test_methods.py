@@ -139,6 +139,15 @@ def test_saliency_mask_is_the_published_rule(tiny_model, task):
     assert abs(float(got.float().mean()) - 0.5) < 1e-3
 
 
+def test_saliency_works_on_a_frozen_ema_model(tiny_model, task):
+    """train() returns its EMA copy with requires_grad off; the mask must not depend on that flag."""
+    mask = M.generation_mask(tiny_model, task)
+    tiny_model.requires_grad_(False)
+    frozen = M.generation_mask(tiny_model, task)
+    assert all(torch.equal(mask[n], frozen[n]) for n in mask)
+    assert not any(p.requires_grad for p in tiny_model.parameters())  # flags restored
+
+
 def test_salun_updates_only_salient_weights(tiny_model, task):
     mask = M.generation_mask(tiny_model, task, batch_size=128)
     out = M.SalUn(iterations=2, batch_size=4, lr=1e-2).unlearn(tiny_model, task)
