@@ -18,7 +18,8 @@ Prints a markdown table.
 
 ``ci``: like ``table``, but each cell is mean ± the half-width of a 95% confidence interval of the mean over
 the seeds (Student's t: t_{0.975, n-1} · s / √n, s the sample standard deviation, n the seeds whose run
-finished), and Δ gap is the mean ± half-width of the per-seed paired difference worst − random. A rerun on
+finished), and Δ gap is the mean ± half-width of the per-seed paired difference worst − random, followed by
+the number of seeds where it is positive. A rerun on
 another machine (whose float32 kernels can differ, hence a slightly different search) is a new draw of the
 same seeds' noise; its means should fall inside these intervals about 95% of the time.
 
@@ -125,21 +126,27 @@ def _finished(rows: list[dict], method: str, selection: str | None = None) -> di
     }
 
 
+def _up(diffs: list[float]) -> str:
+    """How many of the paired differences are positive, of how many."""
+    return f"{sum(d > 0 for d in diffs)} / {len(diffs)}"
+
+
 def ci(folder: Path) -> None:
     rep = json.loads((folder / "report.json").read_text())
     rows = rep["results"]
     seeds = rep["config"]["seeds"]
     tested = [m["name"] for m in rep["config"]["methods"]]
     head = " | ".join(f"{c if c != 'avg_gap' else 'Avg. Gap'} rand / worst" for c in COLS)
-    print(f"| method | seeds | {head} | Δ gap (paired) |")
-    print("|---|--:|" + "--:|" * (len(COLS) + 1))
+    print(f"| method | seeds | {head} | Δ gap (paired) | seeds Δ > 0 |")
+    print("|---|--:|" + "--:|" * (len(COLS) + 2))
     for name in ("original", "retrain", *tested):
         r, w = _finished(rows, name, "random"), _finished(rows, name, "worst")
         cells = " | ".join(
             f"{_ci([x[c] for x in r.values()])} / {_ci([x[c] for x in w.values()])}" for c in COLS
         )
         both = sorted(set(r) & set(w))
-        delta = _ci([w[s]["avg_gap"] - r[s]["avg_gap"] for s in both], "+") if name != "retrain" else ""
+        diffs = [w[s]["avg_gap"] - r[s]["avg_gap"] for s in both]
+        delta = f"{_ci(diffs, '+')} | {_up(diffs)}" if name != "retrain" else " | "
         n = f"{len(r)} / {len(w)}" if len(r) != len(w) or len(r) != len(seeds) else str(len(r))
         print(f"| {name} | {n} | {cells} | {delta} |")
     names = [
@@ -155,7 +162,7 @@ def ci(folder: Path) -> None:
     blank = " | ".join("" for _ in COLS[:-1])
     print(
         f"| **mean of the {len(names)} methods** | {len(seeds)} | {blank} | {_ci(per_seed['random'])} / "
-        f"{_ci(per_seed['worst'])} | {_ci(diff, '+')} |"
+        f"{_ci(per_seed['worst'])} | {_ci(diff, '+')} | {_up(diff)} |"
     )
 
 

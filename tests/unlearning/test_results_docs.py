@@ -63,7 +63,7 @@ def test_ci_table_means_and_paired_difference(compare, tmp_path):
     t1 = 12.7062  # t_{0.975, 1}
     gap_hw = t1 * statistics.stdev([1.0, 3.0]) / math.sqrt(2)
     assert f"2.00 ± {gap_hw:.2f} / 4.00 ± {t1 * statistics.stdev([2.0, 6.0]) / math.sqrt(2):.2f}" in line
-    assert line.endswith(f"+2.00 ± {t1 * statistics.stdev([1.0, 3.0]) / math.sqrt(2):.2f} |")
+    assert line.endswith(f"+2.00 ± {t1 * statistics.stdev([1.0, 3.0]) / math.sqrt(2):.2f} | 2 / 2 |")
     assert "| **mean of the 1 methods** | 2 |" in text
 
 
