@@ -11,7 +11,11 @@ import sys
 import time
 
 from tests.reliability.campaign import TINY_SEARCH
-from tests.reliability.conftest import TINY_ARGS, cli, hold_lock, one_line_error
+from tests.reliability.conftest import TINY_ARGS as TINY_BOTH
+from tests.reliability.conftest import cli, hold_lock, one_line_error
+
+#: one seed of the session's finished run: half the work per subprocess run
+TINY_ARGS = [a if a != "0,1" else "0" for a in TINY_BOTH]
 
 
 def _rows(path):
@@ -49,7 +53,8 @@ def test_sigint_then_sigkill_then_resume_equals_a_clean_run(tmp_path, finished_r
     (out / f".report.json.{_dead_pid()}.a1b2c3.tmp").write_text("{")  # what a kill mid-write leaves
     done = cli("stress", *TINY_ARGS, "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr
-    assert _rows(out / "report.json") == _rows(finished_run / "report.json")
+    clean = [r for r in _rows(finished_run / "report.json") if r["seed"] == 0]
+    assert _rows(out / "report.json") == clean
     assert not list(out.rglob("*.tmp"))
 
 
@@ -73,7 +78,7 @@ def test_two_runs_on_one_out_never_lose_rows(tmp_path, finished_run):
     assert loser.startswith("error: argument --out:") and loser.count("\n") == 1
     assert "in use by another run" in loser or "different configuration" in loser
     winner = json.loads((out / "report.json").read_text())
-    assert winner["complete"] and len(winner["results"]) == 2 * 2 * 3
+    assert winner["complete"] and len(winner["results"]) == 2 * 3
 
     holder = hold_lock(out, 600)  # another run holds the folder (until killed)
     won = TINY_ARGS if winner["config"]["methods"][0]["name"] == "ga" else ["--methods", "ft", *TINY_ARGS[2:]]
