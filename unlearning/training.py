@@ -218,9 +218,9 @@ def train_original(
 def cache_config(
     config: dict, data: ArrayData, recipe: Recipe, *, seed: int, augment: Augment | None = None
 ) -> dict:
-    """The model-cache configuration `train_original` stores a model under: ``config`` plus the recipe, the
-    training seed, the augmentation and a fingerprint of ``data`` (for the DDP path, which must find and
-    write the same entry)."""
+    """The model-cache configuration `train_original` stores a model under, for a recipe that keeps the last
+    epoch: ``config`` plus the recipe, the training seed, the augmentation and a fingerprint of ``data``
+    (for the DDP path, which must find and write the same entry)."""
     return {
         **config,
         "recipe": recipe.to_dict(),
@@ -255,6 +255,8 @@ def train_sharded(
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
+    if recipe.checkpoint != "last":
+        raise ValueError(f"train_sharded keeps the last epoch: recipe checkpoint {recipe.checkpoint!r}")
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     device = next(model.parameters()).device

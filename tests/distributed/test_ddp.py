@@ -69,3 +69,16 @@ def test_train_flags_are_checked(capsys):
     assert "argument --train-epochs" in capsys.readouterr().err
     assert main(["train", "--model", "vit"]) == 2
     assert "argument --model" in capsys.readouterr().err
+
+
+def test_sharded_training_refuses_a_best_validation_recipe():
+    """DDP keeps the last epoch; a recipe keeping the best validation epoch is refused before any work."""
+    from torch import nn
+
+    from unlearning.data_types import ArrayData
+    from unlearning.training import Recipe, train_sharded
+
+    recipe = Recipe(epochs=1, lr=0.1, batch_size=4, checkpoint="best_val")
+    data = ArrayData(torch.zeros(8, 2), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="recipe checkpoint 'best_val'"):
+        train_sharded(nn.Linear(2, 2), data, recipe, seed=0, rank=0, world_size=2)

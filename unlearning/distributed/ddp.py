@@ -78,18 +78,33 @@ def _broadcast(flag: bool | None) -> bool:
 
 
 def _train(experiment: Experiment, retrain: bool, launch: Launch, tell: Callable[[bool | None], bool]) -> Any:
-    """Rank 0: `cache.load_or_train`, whose fit first tells the others to train; the others: wait for the
-    word and train their shards."""
+    """One process: `training.train_original`, the very call `prepare` / `Prepared.retrain` make. Several:
+    rank 0 runs `cache.load_or_train`, whose fit first tells the others to train; the others wait for the
+    word and train their shards (`training.train_sharded`)."""
     from ..setup import _build
 
     prepared = _build(experiment)
     kind, data, config = _entry(prepared, retrain)
+    if launch.world_size == 1:
+        return training.train_original(
+            prepared.build_model,
+            data,
+            prepared.recipe,
+            seed=prepared.seed,
+            config=config,
+            augment=prepared.augment,
+            kind=kind,
+            cache_dir=prepared.cache_dir,
+            use_cache=True,
+            val=prepared.task.val,
+        )
+    if prepared.recipe.checkpoint != "last":
+        raise ValueError(
+            f"recipe checkpoint {prepared.recipe.checkpoint!r}: DDP training keeps the last epoch only; "
+            "train this recipe in one process (without torchrun)"
+        )
 
     def fit(model: nn.Module) -> nn.Module:
-        if launch.world_size == 1:
-            return training.train(
-                model, data, prepared.recipe, seed=prepared.seed, augment=prepared.augment, description=kind
-            )
         return training.train_sharded(
             model,
             data,
@@ -110,8 +125,9 @@ def _train(experiment: Experiment, retrain: bool, launch: Launch, tell: Callable
         tell(True)
         return fit(model)
 
+    full = training.cache_config(config, data, prepared.recipe, seed=prepared.seed, augment=prepared.augment)
     trained = cache.load_or_train(
-        kind, config, prepared.build_model, fit_and_tell, cache_dir=prepared.cache_dir, use_cache=True
+        kind, full, prepared.build_model, fit_and_tell, cache_dir=prepared.cache_dir, use_cache=True
     )
     if trained.from_cache:
         tell(False)
@@ -119,13 +135,11 @@ def _train(experiment: Experiment, retrain: bool, launch: Launch, tell: Callable
 
 
 def _entry(prepared: Prepared, retrain: bool) -> tuple[str, Any, dict]:
-    """The cache entry's kind, training data and configuration, as `unlearning.setup.prepare` (original, on
-    the pool) and `Prepared.retrain` (Retrain, on D_r, the forget set by content) key them."""
+    """The entry's kind, training data and configuration (before the recipe, seed, augmentation and data
+    are added), as `unlearning.setup.prepare` (original, on the pool) and `Prepared.retrain` (Retrain, on
+    D_r, the forget set by content) key them."""
     task = prepared.task
     if retrain:
         config = {**prepared._config, "forget_index": cache.fingerprint(task.forget_index)}
-        kind, data = "retrain", task.retain
-    else:
-        config, kind, data = prepared._config, "original", task.pool
-    full = training.cache_config(config, data, prepared.recipe, seed=prepared.seed, augment=prepared.augment)
-    return kind, data, full
+        return "retrain", task.retain, config
+    return "original", task.pool, prepared._config
