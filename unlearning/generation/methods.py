@@ -17,11 +17,11 @@ clip 1.0, α = 1e-3, batch 128, 1,000 iterations; the CLI scales iterations down
 - Retrain: train a new model on D_r with the original's recipe (`train.load_or_train`, ``exclude_classes``).
 - FT:    min L(θ; x_r, c_r).
 - GA:    min −L(θ; x_f, c_f) + α·L(θ; x_r, c_r).
-- RL:    min mean_b ‖ε_θ(x_t, t, c_f) − sg[ε_θ(x_t, t, c')]‖² + α·L(θ; x_r, c_r), x_t from x_f, with
+- RL:    min MSE(ε_θ(x_t, t, c_f), sg[ε_θ(x_t, t, c')]) + α·L(θ; x_r, c_r), x_t from x_f, with
          c' = (c_f + 1) mod K (``pseudo="next"``, published) or uniform over the other classes ("random").
 - SalUn: RL with the gradient multiplied by the saliency mask m (`saliency_scores`, `generation_mask`):
          m = top-50% of |Σ_batches clip₁(∇_θ L(θ; x_f, c_f))| over all weights, model in eval mode.
-- ESD:   min mean_b ‖ε_θ(x_t, t, c_f) − (ε*(x_t, t, ∅) − η[ε*(x_t, t, c_f) − ε*(x_t, t, ∅)])‖², ε* the frozen
+- ESD:   min MSE(ε_θ(x_t, t, c_f), ε*(x_t, t, ∅) − η[ε*(x_t, t, c_f) − ε*(x_t, t, ∅)]), ε* the frozen
          original, x_t the model's own partial DDIM generation conditioned on c_f (guidance ``guidance``)
          stopped at a uniformly drawn step (Gandikota et al. 2023). ``params="xattn"`` (ESD-x, default: the
          cross-attention ``attn2`` weights, where the class token enters) or ``"noxattn"`` (ESD-u: every UNet
@@ -145,6 +145,12 @@ def draw_noise(model: nn.Module, x0: Tensor, generator: torch.Generator) -> tupl
     return z0, noise, t
 
 
+def mean_squared_error(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample mean_pixels (a − b)²: ``F.mse_loss``'s convention, which the published code uses for the RL
+    forget term and ESD uses for its loss."""
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
 def squared_error(a: Tensor, b: Tensor) -> Tensor:
     """Per-sample ‖a − b‖² (summed over every non-batch dimension), the diffusion loss's convention."""
     return (a - b).pow(2).flatten(1).sum(1)
@@ -239,11 +245,12 @@ def forget_loss(model: nn.Module, task: GenerationTask, batch: int, gen: torch.G
 def rl_forget_term(
     model: nn.Module, z0: Tensor, labels: Tensor, pseudo: Tensor, noise: Tensor, t: Tensor
 ) -> Tensor:
-    """Per-sample ‖ε_θ(x_t, t, c_f) − sg[ε_θ(x_t, t, c')]‖², x_t = add_noise(z0, noise, t) (z0 encoded)."""
+    """Per-sample mean_pixels (ε_θ(x_t, t, c_f) − sg[ε_θ(x_t, t, c')])², x_t = add_noise(z0, noise, t) (z0
+    encoded): the published code's ``F.mse_loss`` (a mean over pixels, while the diffusion loss sums them)."""
     x_t = _diffusion().add_noise(z0, noise, t)
     with torch.no_grad():
         target = model(x_t, t, labels=pseudo)
-    return squared_error(model(x_t, t, labels=labels), target)
+    return mean_squared_error(model(x_t, t, labels=labels), target)
 
 
 def _run_info(losses: list[float], **extra: Any) -> dict[str, Any]:
@@ -362,7 +369,9 @@ class GA(Iterative):
 
 @dataclass
 class RL(Iterative):
-    """Random labelling: min mean_b ‖ε_θ(x_t, t, c_f) − sg[ε_θ(x_t, t, c')]‖² + α·L(θ; x_r, c_r)."""
+    """Random labelling: min MSE(ε_θ(x_t, t, c_f), sg[ε_θ(x_t, t, c')]) + α·L(θ; x_r, c_r) (MSE: a mean over
+    batch and pixels, as published; L sums over pixels, so α's balance depends on the image size: α = 1e-3 on
+    CIFAR's 3·32·32 pixels is α ≈ 0.048 on 8x8 digits)."""
 
     name: ClassVar[str] = "rl"
     lr: float = _lr()
@@ -507,7 +516,7 @@ class ESD(Iterative):
                 model, labels, stop, steps=self.ddim_steps, guidance=self.guidance, generator=gen
             )
             target = esd_target(frozen, x_t, t, labels, self.eta)
-            return squared_error(model(x_t, t, labels=labels), target).mean()
+            return mean_squared_error(model(x_t, t, labels=labels), target).mean()
 
         return loss
 
