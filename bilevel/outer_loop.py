@@ -8,6 +8,13 @@ the inner solution of step k is the next step's ``inner_init``, so few inner ste
 ``inner_init`` (`Unrolled`, `Forward`, and custom solvers unless they say otherwise) every step starts again
 from ``inner_init``: carrying θ_T over would change the objective being minimised (a learned learning rate
 then converges elsewhere). ``warm_start_inner=True``/``False`` overrides the solver's default.
+
+``graph``: compute each hypergradient with `bilevel.graphed` (one CUDA graph, replayed every step; the step's
+inner mini-batches are drawn first and copied into its static buffers). None (default): on CUDA when the
+solver has a capturable path (``solver.capture_problem()`` is None), eagerly otherwise, so nothing changes
+on CPU; True: always (on CPU the capturable code runs eagerly; an uncapturable solver is an error); False:
+never. The graphed step draws its batches before running (a loss that draws random numbers then meets
+another RNG state than eagerly) and reads the failure flags once per step.
 """
 
 from __future__ import annotations
@@ -72,6 +79,25 @@ def _use_graph(graph: Any, solver: Solver, outer: Params) -> bool:
     return bool(graph)
 
 
+def _graphed_step(
+    runner: Graphed | None,
+    solver: Solver,
+    problem: BilevelProblem,
+    inner: Params,
+    outer: Params,
+    batches: list[Any] | None,
+    outer_batch: Any,
+    no_outer_data: bool,
+) -> tuple[Graphed, Hypergrad]:
+    """One outer step's hypergradient by `bilevel.graphed` (built at the first step): the step's batches
+    copied into the static buffers, one replay, the info read as floats."""
+    obs = None if no_outer_data else [outer_batch]
+    if runner is None:
+        runner = graphed(solver, problem, inner, outer, inner_data=batches, outer_data=obs)
+    hg = runner(outer, inner_init=inner, inner_data=batches, outer_data=obs)
+    return runner, Hypergrad(grad=hg.grad, inner=hg.inner, info=info_floats(hg.info))
+
+
 def minimize(
     problem: BilevelProblem,
     solver: Solver,
@@ -95,19 +121,13 @@ def minimize(
     ``callback(step, outer, hypergrad)`` runs after each step; returning True stops early.
     Inner data streams continue across outer steps (each outer step consumes ``solver.batches_per_call``);
     outer data gives one batch per outer step.
-    ``warm_start_inner``: start each step's inner problem from the previous step's solution; None (default)
-    does so only for solvers whose objective does not depend on ``inner_init`` (``solver.
-    objective_depends_on_init`` is False: `Implicit`, `FirstOrder`); see the module docstring.
+    ``warm_start_inner``: start each step's inner problem at the previous solution; None (default): only
+    where ``solver.objective_depends_on_init`` is False (`Implicit`, `FirstOrder`; module docstring).
     ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
     last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
     splits one run into several ``minimize`` calls (the worst-case search's binarisation segments).
-    ``graph``: compute each hypergradient with `bilevel.graphed` (one CUDA graph, replayed every step, the
-    step's inner mini-batches drawn first and copied into its static buffers). None (default): on CUDA
-    when the solver has a capturable path (``solver.capture_problem()`` is None), eagerly otherwise, so
-    nothing changes on CPU; True: always (on CPU the capturable code runs eagerly; an uncapturable solver
-    is an error); False: never. The graphed step draws its batches before running (a loss that draws
-    random numbers then meets another RNG state than eagerly) and reads the failure flags once per step.
-    """
+    ``graph``: each hypergradient by `bilevel.graphed` (module docstring): None (default) on CUDA when the
+    solver can be captured, True always, False never."""
     positive_int(steps, "steps")
     as_params(outer_init, "outer_init")
     as_params(inner_init, "inner_init")
@@ -132,11 +152,7 @@ def minimize(
         ob = outer_stream(k)
         if use_graph:
             batches = None if inner_data is None else [inner_stream(offset + t) for t in range(per_step)]
-            obs = None if outer_data is None else [ob]
-            if runner is None:
-                runner = graphed(solver, problem, inner, outer, inner_data=batches, outer_data=obs)
-            hg = runner(outer, inner_init=inner, inner_data=batches, outer_data=obs)
-            hg = Hypergrad(grad=hg.grad, inner=hg.inner, info=info_floats(hg.info))
+            runner, hg = _graphed_step(runner, solver, problem, inner, outer, batches, ob, outer_data is None)
         else:
             hg = solver.hypergrad(
                 problem,
