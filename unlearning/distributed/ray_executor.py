@@ -150,7 +150,8 @@ class _Grid:
         self.picked: dict[str, dict[str, Any]] = {}
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1, light: bool = False) -> Any:
-        options = {"num_cpus": 0} if light else self.resources
+        # a light task (pick) takes a CPU slot and no GPU: a 0-CPU task could make Ray start one more worker
+        options = {"num_cpus": self.config.cpus_per_task} if light else self.resources
         refs = _remote(fn).options(num_returns=num_returns, **options).remote(*args)
         self.submitted.extend(refs if num_returns > 1 else [refs])
         return refs
