@@ -38,7 +38,11 @@ from .problem import BilevelProblem, DataStream
 from .tree import Params
 from .validate import positive_int
 
-__all__ = ["Graphed", "graphed"]
+__all__ = ["GraphCaptureError", "Graphed", "graphed"]
+
+
+class GraphCaptureError(RuntimeError):
+    """The CUDA graph capture of a hypergradient failed (something synchronised with the host)."""
 
 
 def _static_batches(data: Any, name: str) -> list[Any] | None:
@@ -234,7 +238,7 @@ class Graphed:
                 self._out = self._run()
         except RuntimeError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RuntimeError(
+            raise GraphCaptureError(
                 f"graphed(): the CUDA graph capture failed ({first}): something in the losses or the data "
                 "synchronises with the host (.item(), float(), a Python branch on a tensor value, a CPU "
                 "tensor used on the GPU); run this hypergradient eagerly (graph=False / --no-graph)"
@@ -249,6 +253,12 @@ def graphed(
     ``hg(outer) -> Hypergrad``: see the module docstring. ``inner_data``/``outer_data``: None or a list of
     one call's batches (``solver.batches_per_call`` inner batches; a shorter list cycles, as eagerly)."""
     return Graphed(solver, problem, inner_init, outer, *args, **kw)
+
+
+def shape_key(*trees: Any) -> tuple:
+    """The (shape, dtype, device) of every tensor leaf of ``trees``: which static buffers a call needs."""
+    leaves = pytree.tree_leaves(trees)
+    return tuple((tuple(x.shape), x.dtype, str(x.device)) if isinstance(x, Tensor) else x for x in leaves)
 
 
 def info_floats(info: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ another RNG state than eagerly) and reads the failure flags once per step.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from . import tree
-from .graphed import Graphed, graphed, info_floats
+from .graphed import GraphCaptureError, Graphed, graphed, info_floats, shape_key
 from .hypergrad import Hypergrad, Solver, as_solver, check_optimizer
 from .problem import BilevelProblem, Data, DataStream
 from .tree import Params, as_params
@@ -80,22 +81,30 @@ def _use_graph(graph: Any, solver: Solver, outer: Params) -> bool:
 
 
 def _graphed_step(
-    runner: Graphed | None,
+    runners: dict[tuple, Graphed],
     solver: Solver,
     problem: BilevelProblem,
     inner: Params,
     outer: Params,
     batches: list[Any] | None,
-    outer_batch: Any,
-    no_outer_data: bool,
-) -> tuple[Graphed, Hypergrad]:
-    """One outer step's hypergradient by `bilevel.graphed` (built at the first step): the step's batches
-    copied into the static buffers, one replay, the info read as floats."""
-    obs = None if no_outer_data else [outer_batch]
-    if runner is None:
-        runner = graphed(solver, problem, inner, outer, inner_data=batches, outer_data=obs)
-    hg = runner(outer, inner_init=inner, inner_data=batches, outer_data=obs)
-    return runner, Hypergrad(grad=hg.grad, inner=hg.inner, info=info_floats(hg.info))
+    obs: list[Any] | None,
+    graph: bool | None,
+) -> tuple[Hypergrad, bool]:
+    """(hypergradient, keep graphing): one outer step by `bilevel.graphed` (one graph per shape of the
+    step's batches, built when first needed): the batches copied into the static buffers, one replay, the
+    info read as floats. Where the default (``graph=None``) meets a failed capture: a warning, this step
+    eagerly on the same batches, and False (the run continues eagerly)."""
+    key = shape_key(batches, obs)
+    try:
+        if key not in runners:
+            runners[key] = graphed(solver, problem, inner, outer, inner_data=batches, outer_data=obs)
+        hg = runners[key](outer, inner_init=inner, inner_data=batches, outer_data=obs)
+    except GraphCaptureError as exc:
+        if graph:
+            raise
+        warnings.warn(f"{exc}; minimize continues eagerly (graph=False silences this)", stacklevel=3)
+        return solver.hypergrad(problem, inner, outer, inner_data=batches, outer_data=obs), False
+    return Hypergrad(grad=hg.grad, inner=hg.inner, info=info_floats(hg.info)), True
 
 
 def minimize(
@@ -123,9 +132,8 @@ def minimize(
     outer data gives one batch per outer step.
     ``warm_start_inner``: start each step's inner problem at the previous solution; None (default): only
     where ``solver.objective_depends_on_init`` is False (`Implicit`, `FirstOrder`; module docstring).
-    ``reset_solver``: call ``solver.reset()`` first (default), so no warm-start state (the implicit solver's
-    last linear-system solution v) carries over from an earlier run; ``False`` keeps it, for a caller that
-    splits one run into several ``minimize`` calls (the worst-case search's binarisation segments).
+    ``reset_solver``: ``solver.reset()`` first (default: no warm-start v carried over from an earlier run);
+    ``False`` keeps it, for one run split into several calls (the worst-case search's segments).
     ``graph``: each hypergradient by `bilevel.graphed` (module docstring): None (default) on CUDA when the
     solver can be captured, True always, False never."""
     positive_int(steps, "steps")
@@ -145,14 +153,15 @@ def minimize(
     inner = tree.detach(inner_init)
     history: list[dict[str, Any]] = []
     use_graph = _use_graph(graph, solver, outer)
-    runner: Graphed | None = None
+    runners: dict[tuple, Graphed] = {}  # one graph per shape of the step's batches (a short last batch)
     for k in range(steps):
         t0 = time.perf_counter()
         offset = k * per_step
         ob = outer_stream(k)
         if use_graph:
             batches = None if inner_data is None else [inner_stream(offset + t) for t in range(per_step)]
-            runner, hg = _graphed_step(runner, solver, problem, inner, outer, batches, ob, outer_data is None)
+            obs = None if outer_data is None else [ob]
+            hg, use_graph = _graphed_step(runners, solver, problem, inner, outer, batches, obs, graph)
         else:
             hg = solver.hypergrad(
                 problem,

@@ -271,3 +271,56 @@ def test_minimize_graphed_equals_eager_with_streamed_mini_batches(solver):
             inner_init=ref.inner_init,
             graph=True,
         )
+
+
+def test_minimize_graphed_keeps_one_graph_per_batch_shape_and_falls_back_when_capture_fails(monkeypatch):
+    """A short last mini-batch gets its own static buffers (not an error); with the default graph=None a
+    failed capture warns and the run continues eagerly with the same numbers."""
+    import bilevel.outer_loop as outer_loop
+    from bilevel.graphed import GraphCaptureError, Graphed
+
+    ref = problems.ridge(seed=0)
+    X, y = ref.data["X"], ref.data["y"]
+    sizes = [16, 16, 8] * 20  # an epoch of 40 rows in batches of 16: the third is short
+    gen = torch.Generator().manual_seed(2)
+    stream = [torch.randperm(X.shape[0], generator=gen)[:s] for s in sizes]
+    problem = BilevelProblem(
+        lambda i, o, idx: ref.problem.inner_loss(i, o, (X[idx], y[idx])), ref.problem.outer_loss
+    )
+    solver = Unrolled(optim.SGD(lr=1.0 / ref.L), 2)  # 3 batches per call: every shape pattern occurs
+    runs = [
+        minimize(
+            problem,
+            solver,
+            ref.outer,
+            optim.Adam(lr=0.05),
+            4,
+            inner_init=ref.inner_init,
+            inner_data=stream,
+            graph=graph,
+        )
+        for graph in (False, True)
+    ]
+    assert all(torch.equal(runs[0].outer[k], runs[1].outer[k]) for k in ref.outer)
+
+    def fail(self, *args, **kwargs):
+        raise GraphCaptureError("graphed(): the CUDA graph capture failed (simulated)")
+
+    monkeypatch.setattr(Graphed, "__call__", fail)
+    monkeypatch.setattr(outer_loop, "_use_graph", lambda graph, solver, outer: True)
+    with pytest.warns(UserWarning, match="capture failed .*minimize continues eagerly"):
+        fallback = minimize(
+            problem, solver, ref.outer, optim.Adam(lr=0.05), 4, inner_init=ref.inner_init, inner_data=stream
+        )
+    assert all(torch.equal(runs[0].outer[k], fallback.outer[k]) for k in ref.outer)
+    with pytest.raises(GraphCaptureError):
+        minimize(
+            problem,
+            solver,
+            ref.outer,
+            optim.Adam(lr=0.05),
+            1,
+            inner_init=ref.inner_init,
+            inner_data=stream,
+            graph=True,
+        )
