@@ -286,6 +286,8 @@ def stress_cases(c: Campaign) -> None:
         (["--seeds", ""], "--seeds"),
         (["--seeds", "a"], "--seeds"),
         (["--seeds", "0,0"], "--seeds"),
+        (["--seeds", "99999999999999999999"], "--seeds"),
+        (["--seeds", "0,-1"], "--seeds"),
         (["--search-method", "nope"], "--search-method"),
         (["--hypergrad", "magic"], "--hypergrad"),
         (["--upper-steps", "0"], "--upper-steps"),

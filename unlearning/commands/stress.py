@@ -199,6 +199,13 @@ def _seeds(text: str) -> list[int]:
         raise CLIError(f"argument --seeds: expected comma-separated integers, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise CLIError(f"argument --seeds: expected distinct integers such as 0,1,2, got {text!r}")
+    from unlearning.setup import check_seed
+
+    for seed in seeds:
+        try:
+            check_seed(seed)
+        except ValueError as err:
+            raise CLIError(f"argument --seeds: {err}") from None
     return seeds
 
 

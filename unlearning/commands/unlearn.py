@@ -183,20 +183,11 @@ def prepare_from_args(args: argparse.Namespace, forget: str, **options: Any) -> 
     --cache-dir``, and ``--data-opt --model-opt --no-cache`` where the command has them) and ``options``
     (``recipe``, ``batch_size``); its errors become `CLIError` s naming the flag, e.g. a forget file made
     for another dataset or split (``--forget``)."""
-    from unlearning.models import check_options
-    from unlearning.setup import check_seed, prepare
+    from unlearning.setup import prepare
 
     model_opts = parse_opts(getattr(args, "model_opt", None), "--model-opt")
     dataset_opts = parse_opts(getattr(args, "data_opt", None), "--data-opt")
-    for flag, check, values in (
-        ("--seed", check_seed, (args.seed,)),
-        ("--model-opt", check_options, (args.model, model_opts)),
-    ):
-        try:
-            check(*values)
-        except ValueError as err:
-            raise CLIError(f"argument {flag}: {err}") from None
-    try:
+    try:  # the seed and model options are checked first, before any data is loaded
         return prepare(
             args.dataset.lower(),
             args.model.lower(),
