@@ -50,6 +50,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--final", action="store_true", help="score the cached model of the config (no curve)")
     p.add_argument("--ablate", action="store_true", help="sampler settings on the cached model (no curve)")
+    p.add_argument("--weights", default=None, help="with --ablate: a state_dict .pt of the config's UNet")
     p.add_argument("--replot", action="store_true", help="rewrite curve.md/curve.png from OUT/curve.json")
     return p.parse_args()
 
@@ -147,7 +148,12 @@ SAMPLERS = [  # (label, sample() keywords)
 
 def ablate(ds, config: TrainConfig, judge, a) -> None:
     """Judge accuracy of ``--per-class`` samples per class of the cached model under each sampler setting."""
-    model = load_or_train(ds, config).model
+    if a.weights:
+        model = build_unet(config.unet)
+        model.load_state_dict(torch.load(a.weights, map_location="cpu", weights_only=True))
+        model.eval()
+    else:
+        model = load_or_train(ds, config).model
     labels = torch.arange(10).repeat_interleave(a.per_class)
     rows = []
     for label, kw in SAMPLERS:
