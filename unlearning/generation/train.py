@@ -127,7 +127,7 @@ def train(
             seconds += time.perf_counter() - start
             callback(step, ema, seconds)
             start = time.perf_counter()
-    return ema
+    return ema.requires_grad_(True)  # as a model loaded from the cache: trainable by the unlearning methods
 
 
 def _device_generator(gen: torch.Generator, device) -> torch.Generator | None:

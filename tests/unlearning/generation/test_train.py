@@ -46,6 +46,7 @@ def test_training_reduces_the_loss(tiny_config):
     after = train(config, data)
     assert fixed_loss(after, data) < 0.7 * fixed_loss(before, data)
     assert not after.training
+    assert all(p.requires_grad for p in after.parameters())  # like a model loaded from the cache
 
 
 def test_training_is_deterministic_and_calls_back(tiny_config):
