@@ -149,19 +149,18 @@ def ci(folder: Path) -> None:
         delta = f"{_ci(diffs, '+')} | {_up(diffs)}" if name != "retrain" else " | "
         n = f"{len(r)} / {len(w)}" if len(r) != len(w) or len(r) != len(seeds) else str(len(r))
         print(f"| {name} | {n} | {cells} | {delta} |")
-    names = [
-        n
-        for n in tested
-        if len(_finished(rows, n, "random")) == len(_finished(rows, n, "worst")) == len(seeds)
-    ]
+    done = {(n, sel): _finished(rows, n, sel) for n in tested for sel in ("random", "worst")}
+    complete = [s for s in seeds if all(s in seen for seen in done.values())]
+    if not complete:  # a run still under way: no seed has every method on both sets yet
+        return
     per_seed = {
-        sel: [statistics.mean(_finished(rows, n, sel)[s]["avg_gap"] for n in names) for s in seeds]
+        sel: [statistics.mean(done[(n, sel)][s]["avg_gap"] for n in tested) for s in complete]
         for sel in ("random", "worst")
     }
     diff = [w - r for r, w in zip(per_seed["random"], per_seed["worst"])]
     blank = " | ".join("" for _ in COLS[:-1])
     print(
-        f"| **mean of the {len(names)} methods** | {len(seeds)} | {blank} | {_ci(per_seed['random'])} / "
+        f"| **mean of the {len(tested)} methods** | {len(complete)} | {blank} | {_ci(per_seed['random'])} / "
         f"{_ci(per_seed['worst'])} | {_ci(diff, '+')} | {_up(diff)} |"
     )
 
