@@ -260,8 +260,7 @@ def stress_table(report: dict[str, Any], out: str | os.PathLike) -> None:
             "n/a: diverged on every seed; diverged runs (left out of the means): "
             + "; ".join(f"{r['method']} ({r['selection']}, seed {r['seed']})" for r in failed)
         )
-    files = ", ".join(str(out / f) for f in ("report.json", "report.md", *PLOTS))
-    console.print(f"wrote {files} and {out / 'sets'}/")
+    wrote(*(out / f for f in ("report.json", "report.md", *PLOTS)), f"{out / 'sets'}/")
 
 
 def _bars(ax: Any, summary: dict[str, Any], rows: list[str], column: str, label: str) -> None:
@@ -358,7 +357,7 @@ def unlearn_table(report: dict[str, Any], out: str | os.PathLike) -> None:
         table.add_row(label, *(f"{m[k]:.2f}" for k in METRIC_CELLS), f"{gap:.2f}")
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+    wrote(out / "metrics.json", out / "metrics.md")
 
 
 #: The columns of the ``evaluate`` table.
@@ -410,4 +409,12 @@ def evaluate_table(report: dict[str, Any], out: str | os.PathLike) -> None:
         table.add_row(name, *_evaluate_cells(row))
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'evaluate.json'} and {out / 'evaluate.md'}")
+    wrote(out / "evaluate.json", out / "evaluate.md")
+
+
+def wrote(*paths: str | os.PathLike) -> None:
+    """Print ``wrote A, B and C`` as one unwrapped line: a path a user copies is never broken, whatever the
+    terminal width (rich would wrap at 80 columns in a non-terminal)."""
+    names = [str(p) for p in paths]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    print(f"wrote {listed}", flush=True)

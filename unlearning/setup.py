@@ -165,7 +165,7 @@ def prepare(
         experiment = replace(dataset, **given) if given else dataset
     else:
         experiment = Experiment(dataset=dataset, **given)
-    prepared = _build(experiment)
+    prepared = build(experiment)
     _about("model", _train_original, prepared)
     return prepared
 
@@ -189,7 +189,7 @@ def _about(param: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _build(exp: Experiment) -> Prepared:
+def build(exp: Experiment) -> Prepared:
     """The experiment up to its untrained original: the device, the dataset, the recipe and augmentation,
     the split and the task (on the device), and the cache key of the original model (``_config``)."""
     dev = _about("device", resolve_device, exp.device)

@@ -142,11 +142,6 @@ def test_stress_hp_zero_epochs_and_wait_flag(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    reason="the closing line of unlearn/stress/evaluate is printed by unlearning/report.py (owned by the "
-    "report engineer), which still lets rich wrap it: requested console.print(..., soft_wrap=True)",
-    strict=False,
-)
 def test_unlearn_prints_its_paths_unwrapped_in_a_narrow_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "20")
     out = tmp_path / ("a-rather-long-folder-name-" * 3) / "run"

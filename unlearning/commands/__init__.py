@@ -122,14 +122,6 @@ def check_out(path: str | os.PathLike, flag: str = "--out") -> Path:
     return out
 
 
-def wrote(*paths: str | os.PathLike) -> None:
-    """Print ``wrote A, B and C`` as one unwrapped line: a path a user copies is never broken, whatever the
-    terminal width (rich would wrap at 80 columns in a non-terminal)."""
-    names = [str(p) for p in paths]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-    print(f"wrote {listed}", flush=True)
-
-
 def check_no_op(method: str, hparams: dict[str, Any], argument: str) -> None:
     """``epochs=0`` would hand back the original model as "unlearned" (no step is taken): a `CLIError`
     naming ``argument`` (e.g. ``argument --epochs``) and the fix."""

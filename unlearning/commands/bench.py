@@ -10,7 +10,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_device, check_out, wrote
+from unlearning.commands import CLIError, check_at_least_one, check_device, check_out
+from unlearning.report import wrote
 
 if TYPE_CHECKING:
     from bilevel import Solver

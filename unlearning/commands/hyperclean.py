@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_device, check_out, wrote
+from unlearning.commands import CLIError, check_at_least_one, check_device, check_out
+from unlearning.report import wrote
 
 DESCRIPTION = """Learn which training labels are wrong, by bi-level optimization (data hyper-cleaning).
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearning.commands import CLIError, check_at_least_one, check_experiment, check_out, wrote
+from unlearning.commands import CLIError, check_at_least_one, check_experiment, check_out
+from unlearning.report import wrote
 
 DESCRIPTION = """Find the forget set an unlearning method handles worst, by bi-level optimisation.
 

@@ -81,9 +81,9 @@ def _train(experiment: Experiment, retrain: bool, launch: Launch, tell: Callable
     """One process: `training.train_original`, the very call `prepare` / `Prepared.retrain` make. Several:
     rank 0 runs `cache.load_or_train`, whose fit first tells the others to train; the others wait for the
     word and train their shards (`training.train_sharded`)."""
-    from ..setup import _build
+    from ..setup import build
 
-    prepared = _build(experiment)
+    prepared = build(experiment)
     kind, data, config = _entry(prepared, retrain)
     if launch.world_size == 1:
         return training.train_original(
