@@ -77,8 +77,8 @@ Solvers (--solvers, comma list, or "all"):
   {", ".join(SOLVERS[:6])},
   {", ".join(SOLVERS[6:])}.
   unrolled-truncated differentiates the last --truncate steps; direct is Implicit with a dense solve;
-  f2sa is FirstOrder("f2sa", sigma=100). Forward costs one pass per outer entry (keep --outer-dim small);
-  direct materialises the inner Hessian (one HVP per inner entry).
+  f2sa is FirstOrder(opt, steps, mode="f2sa", sigma=100). Forward costs one pass per outer entry
+  (keep --outer-dim small); direct materialises the inner Hessian (one HVP per inner entry).
 
 Reference (--reference): auto = the closed form on ridge, weighted-ridge, logistic and quadratic (computed in
 float64) and the full unroll of the same steps on mlp-reweight (its Hessian is indefinite); exact =
