@@ -253,9 +253,10 @@ def sweep(folder: Path, stress_dir: Path | None = None, grid: bool = False) -> N
         stress = json.loads((stress_dir / "report.json").read_text())
         _check_same_retrain(rep, stress)
         for m in [x["name"] for x in stress["config"]["methods"]]:
-            print(
-                _sweep_line(m, "default (stress run)", {}, _finished(stress["results"], m, "random"), seeds)
-            )
+            rows = {
+                r["seed"]: r for r in stress["results"] if r["method"] == m and r["selection"] == "random"
+            }
+            print(_sweep_line(m, "stress run (its hyper-parameters)", {}, rows, seeds))
 
 
 def _key_of(classes: list[int]) -> str:
