@@ -21,7 +21,8 @@ the seeds (Student's t: t_{0.975, n-1} · s / √n, s the sample standard deviat
 finished), and Δ gap is the mean ± half-width of the per-seed paired difference worst − random, followed by
 the number of seeds where it is positive. A rerun on
 another machine (whose float32 kernels can differ, hence a slightly different search) is a new draw of the
-same seeds' noise; its means should fall inside these intervals about 95% of the time.
+same seeds' noise: its means fall inside these intervals about 83% of the time, and inside them widened by √2
+(the prediction interval of a second mean of as many seeds) about 95% of the time.
 
 ``sweep``: a hyper-parameter sweep written by ``docs/results/tune_random.py`` (random forget sets, many
 seeds). Per method: its default candidate, the candidate ``--tune`` would pick (smallest gap on the first
