@@ -185,6 +185,17 @@ def _sweep_line(name: str, how: str, overrides: dict, rows: dict[int, dict], see
     return f"| {name} | {how} | {_label(overrides)} | {len(gaps)}{note} | {_ci(gaps)} | {std} | {means} |"
 
 
+def _changed(spec: dict) -> dict:
+    """The numeric hyper-parameters a stress report's method ran with that differ from its registry
+    default."""
+    built = resolve(spec["name"])
+    return {
+        k: v
+        for k, v in spec["hparams"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and getattr(built, k, v) != v
+    }
+
+
 def _sweep_cells(rep: dict) -> dict[str, list[tuple[dict, dict[int, dict]]]]:
     """``{method: [(candidate, {seed: row}), ...]}`` of a ``tune_random.py`` report (a diverged row has
     ``diverged`` and no metrics; tune_random.py writes ``avg_gap`` only for finished runs)."""
@@ -253,11 +264,12 @@ def sweep(folder: Path, stress_dir: Path | None = None, grid: bool = False) -> N
     if stress_dir is not None:
         stress = json.loads((stress_dir / "report.json").read_text())
         _check_same_retrain(rep, stress)
-        for m in [x["name"] for x in stress["config"]["methods"]]:
+        for spec in stress["config"]["methods"]:
+            m = spec["name"]
             rows = {
                 r["seed"]: r for r in stress["results"] if r["method"] == m and r["selection"] == "random"
             }
-            print(_sweep_line(m, "stress run (its hyper-parameters)", {}, rows, seeds))
+            print(_sweep_line(m, "stress run (its hyper-parameters)", _changed(spec), rows, seeds))
 
 
 def _key_of(classes: list[int]) -> str:
