@@ -63,7 +63,11 @@ def train_to_cache(experiment: Experiment, *, retrain: bool = False, launch: Lau
         experiment = dataclasses.replace(experiment, device=f"cuda:{launch.local_rank}")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(experiment, retrain, launch, _broadcast)
+        result = _train(experiment, retrain, launch, _broadcast)
+        # Every rank leaves together: a rank that tears its gloo pairs down while another still has traffic
+        # on them makes that one abort ("terminate called without an active exception").
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
 
