@@ -36,7 +36,14 @@ def _without_seconds(value):
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
+    # Lenient health checks: on a loaded 2-core machine a raylet can miss Ray's default heartbeats, and Ray
+    # then ends the driver, which here is the pytest process itself.
+    lenient = {
+        "health_check_failure_threshold": 30,
+        "health_check_timeout_ms": 30000,
+        "health_check_period_ms": 3000,
+    }
+    ray.init(num_cpus=2, include_dashboard=False, _system_config=lenient)
     yield
     ray.shutdown()
 
