@@ -207,7 +207,13 @@ class SearchResult:
             classes=None if raw.get("classes") is None else torch.tensor(raw["classes"], dtype=torch.int64),
             seconds=float(raw.get("seconds", 0.0)),
             fingerprint=raw.get("fingerprint") or {},
+            per_class=_per_class(raw.get("per_class")),
         )
+
+
+def _per_class(value: Any) -> dict[str, float] | None:
+    """The ``per_class`` objectives of an exhaustive class-wise result (None for the other searches)."""
+    return None if value is None else {str(k): float(v) for k, v in value.items()}
 
 
 def _list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -227,12 +233,14 @@ def _positions(raw: Any, key: str, path: Path, *, empty: bool = False) -> list[i
 
 def _check_result_fields(raw: dict[str, Any], path: Path) -> None:
     """The fields of a saved search result agree with each other and have their types: ``indices`` and
-    ``initial_indices`` (same size), ``size``, ``weights`` (numbers), ``classes`` (integers, present exactly
-    when the search was class-wise), ``seconds`` (a number), ``config`` (an object); a ``ValueError`` naming
+    ``initial_indices`` (same size when data-wise), ``size``, ``weights`` (numbers), ``classes`` (integers,
+    present exactly when the search was class-wise), ``seconds`` (a number), ``config`` (an object); a ``ValueError`` naming
     the file and the field otherwise (a hand-edited or cut-short set is never used)."""
     indices = _positions(raw, "indices", path)
     initial = _positions(raw, "initial_indices", path, empty=True)
-    if initial and len(initial) != len(indices):
+    # data-wise, the start set and the result are m examples each; class-wise they are m classes' examples,
+    # whose counts differ from class to class
+    if raw.get("classes") is None and initial and len(initial) != len(indices):
         raise ValueError(
             f"{path}: {len(indices)} indices but {len(initial)} initial_indices (the file was cut or edited)"
         )

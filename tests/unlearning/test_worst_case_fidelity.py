@@ -18,6 +18,7 @@ from unlearning.worst_case import (
     DEFAULT_UPPER_LR,
     METHOD_UPPER_LR,
     SearchConfig,
+    SearchResult,
     build_problem,
     make_solver,
     search,
@@ -119,7 +120,7 @@ def test_reverse_flips_the_gamma_term_with_the_loss_as_published():
 
 
 # ------------------------------------------------------------------------------------ exact class-wise
-def test_exhaustive_evaluates_every_class_and_picks_the_lowest(digits_random):
+def test_exhaustive_evaluates_every_class_and_picks_the_lowest(digits_random, tmp_path):
     r = search(digits_random, "ft", classwise=True, budget=1, exhaustive=True, inner_steps=3, progress=False)
     assert sorted(r.per_class, key=int) == [str(c) for c in range(10)]
     best = min(r.per_class, key=r.per_class.get)
@@ -128,6 +129,7 @@ def test_exhaustive_evaluates_every_class_and_picks_the_lowest(digits_random):
     assert r.config["final_rule"] == "exhaustive" and r.history == []
     d = r.to_dict()
     assert d["per_class"] == r.per_class and list(d)[-1] == "per_class"
+    assert SearchResult.load(r.save(tmp_path / "exact.json")).per_class == r.per_class  # read back too
     # each value is F at that class's indicator: the relaxed search's own objective there
     c = r.classes.tolist()
     one = search(digits_random, "ft", classwise=True, budget=1, inner_steps=3, upper_steps=1, progress=False)
