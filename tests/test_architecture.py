@@ -51,7 +51,10 @@ def test_no_function_longer_than_80_lines():
             if any(d in p.parents for d in EXEMPT_DIRS):
                 continue
             for node in ast.walk(ast.parse(p.read_text())):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in EXEMPT_NAMES:
+                if (
+                    isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and node.name not in EXEMPT_NAMES
+                ):
                     n = node.end_lineno - node.lineno + 1
                     if n > MAX_LINES:
                         long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")

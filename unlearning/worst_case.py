@@ -234,8 +234,8 @@ def _positions(raw: Any, key: str, path: Path, *, empty: bool = False) -> list[i
 def _check_result_fields(raw: dict[str, Any], path: Path) -> None:
     """The fields of a saved search result agree with each other and have their types: ``indices`` and
     ``initial_indices`` (same size when data-wise), ``size``, ``weights`` (numbers), ``classes`` (integers,
-    present exactly when the search was class-wise), ``seconds`` (a number), ``config`` (an object); a ``ValueError`` naming
-    the file and the field otherwise (a hand-edited or cut-short set is never used)."""
+    present exactly when the search was class-wise), ``seconds`` (a number), ``config`` (an object); a
+    ``ValueError`` naming the file and the field otherwise (a hand-edited or cut-short set is never used)."""
     indices = _positions(raw, "indices", path)
     initial = _positions(raw, "initial_indices", path, empty=True)
     # data-wise, the start set and the result are m examples each; class-wise they are m classes' examples,
