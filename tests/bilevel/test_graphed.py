@@ -237,9 +237,7 @@ def test_minimize_graphed_equals_eager_with_streamed_mini_batches(solver):
     ref = problems.ridge(seed=0)
     s = _solvers(ref.L)[solver]
     gen = torch.Generator().manual_seed(1)
-    n = ref.data["X"].shape[0] if "X" in ref.data else None
-    if n is None:
-        pytest.skip("ridge exposes no data")
+    n = ref.data["X"].shape[0]
     stream = [torch.randperm(n, generator=gen)[:16] for _ in range(200)]
     X, y = ref.data["X"], ref.data["y"]
     problem = BilevelProblem(
