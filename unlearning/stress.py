@@ -85,7 +85,11 @@ TUNE_KNOBS: dict[str, dict[str, tuple]] = {
     "bs": {"epsilon": (0.1, 0.05, 0.2)},  # FGSM step that finds the neighbouring label
     "eu_k": {"k": (1, 2)},  # last layers re-initialised and retrained
     "cf_k": {"k": (1, 2)},  # last layers retrained
-    "salun": {"sparsity": (0.5, 0.3, 0.7)},  # fraction of weights frozen by the saliency mask
+    # RL and SalUn: the paper's kind of ranges for random forgetting (docs/results.md, "SalUn's headline
+    # claim"): with lr × {1, 0.5, 2}, epochs and the weight α of the retain loss; SalUn's sparsity stays at
+    # its value (0.5, the paper's).
+    "rl": {"epochs": (10, 20), "alpha": (1.0, 2.0, 4.0)},
+    "salun": {"epochs": (10, 20), "alpha": (1.0, 2.0, 4.0)},
     "salun_soft": {"mask_ratio": (0.5, 0.3, 0.7)},
 }
 
@@ -391,10 +395,6 @@ def tune_grid(method: Any, fixed: Sequence[str] = ()) -> list[dict[str, Any]]:
         axes[key] = (current, *[v for v in values if v != current])
     axes = {k: v for k, v in axes.items() if k not in fixed}
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-
-
-def _variant(method: Any, overrides: dict[str, Any]) -> Any:
-    return dataclasses.replace(method, **overrides) if overrides else method
 
 
 def _variant(method: Any, overrides: dict[str, Any]) -> Any:
