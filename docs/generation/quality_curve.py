@@ -3,7 +3,8 @@
 Trains `unlearning.generation.train.TrainConfig` (defaults unless overridden by flags) and, every ``--every``
 steps, samples ``--per-class`` images of every class from the EMA model (DDIM, guidance 2.0) and records the
 share that the judge (`unlearning.generation.judge`) labels as the class asked for, plus, for comparison, the
-share an RBF SVC trained on the clean digits gets. Writes ``curve.json``, ``curve.md``, ``curve.png`` and the
+share an RBF SVC trained on the clean digits gets, and the judge's share with x̂0 clipped by the sampler.
+Writes ``curve.json``, ``curve.md``, ``curve.png`` and the
 final ``samples.png`` to ``--out``; with ``--final``, scores the cached model of the config instead (1,000
 samples: accuracy, judge-space FID, sampling time; ``final.json``, ``final.md``, ``final_samples.png``); with
 ``--ablate``, the judge accuracy of the cached model under other sampler settings (``samplers.md``).
@@ -84,16 +85,18 @@ def main() -> None:
     def evaluate(step, ema, seconds):
         cpu = time.process_time() - cpu0 - last.get("cpu_sampling", 0.0)
         t0, c0 = time.perf_counter(), time.process_time()
-        x = sample(
-            ema, labels, steps=a.sample_steps, guidance=a.guidance, generator=torch.Generator().manual_seed(0)
-        )
+        kw = {"steps": a.sample_steps, "guidance": a.guidance}
+        x = sample(ema, labels, generator=torch.Generator().manual_seed(0), **kw)
         wall = time.perf_counter() - t0
+        clipped = sample(ema, labels, generator=torch.Generator().manual_seed(0), clip=True, **kw)
         last["cpu_sampling"] = last.get("cpu_sampling", 0.0) + time.process_time() - c0
         acc = float((judge.predict(x) == labels).float().mean())
+        clip_acc = float((judge.predict(clipped) == labels).float().mean())
         svc_acc = float((torch.as_tensor(svc.predict(x.flatten(1).numpy())) == labels).float().mean())
         rows.append(
             {"step": step, "train_seconds": seconds, "train_cpu_seconds": cpu, "judge_acc": acc,
-             "svc_acc": svc_acc, "sample_seconds": wall, "sample_cpu_seconds": time.process_time() - c0}
+             "svc_acc": svc_acc, "judge_acc_clipped": clip_acc, "sample_seconds": wall,
+             "sample_cpu_seconds": time.process_time() - c0}
         )  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
         last["images"] = x
@@ -135,8 +138,8 @@ def final(ds, config: TrainConfig, judge, a) -> None:
 
 
 SAMPLERS = [  # (label, sample() keywords)
-    ("DDIM 50, η=0, guidance 2, clip x̂0 (default)", {}),
-    ("no clipping of x̂0", {"clip": False}),
+    ("DDIM 50, η=0, guidance 2, x̂0 not clipped (default)", {}),
+    ("x̂0 clipped to [−1, 1] (diffusers' clip_sample)", {"clip": True}),
     ("DDIM 20 steps", {"steps": 20}),
     ("DDIM 100 steps", {"steps": 100}),
     ("DDIM η=1", {"eta": 1.0}),
@@ -173,13 +176,16 @@ def write(out: Path, info: dict, images: torch.Tensor | None) -> None:
     rows = info["rows"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "curve.json", info)
+    clip = all("judge_acc_clipped" in r for r in rows)  # older curves were sampled with clipping only
     lines = [
-        "| steps | train CPU time (min, 1 thread) | wall (min, shared CPU) | judge accuracy | SVC accuracy |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| steps | train CPU time (min, 1 thread) | wall (min, shared CPU) | judge accuracy | SVC accuracy |"
+        + (" judge accuracy, x̂0 clipped |" if clip else ""),
+        "| ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if clip else ""),
     ]
     lines += [
         f"| {r['step']} | {r['train_cpu_seconds'] / 60:.1f} | {r['train_seconds'] / 60:.1f} "
         f"| {r['judge_acc']:.3f} | {r['svc_acc']:.3f} |"
+        + (f" {r['judge_acc_clipped']:.3f} |" if clip else "")
         for r in rows
     ]
     write_text(out / "curve.md", "\n".join(lines) + "\n")
@@ -188,6 +194,8 @@ def write(out: Path, info: dict, images: torch.Tensor | None) -> None:
     minutes = [r["train_cpu_seconds"] / 60 for r in rows]
     ax.plot(minutes, [r["judge_acc"] for r in rows], "o-", label="judge (MLP, noise-augmented)")
     ax.plot(minutes, [r["svc_acc"] for r in rows], "s--", label="RBF SVC (clean digits)")
+    if clip:
+        ax.plot(minutes, [r["judge_acc_clipped"] for r in rows], "^:", label="judge, x̂0 clipped")
     ax.axhline(0.9, color="grey", lw=0.8, ls=":")
     chosen = [r["train_cpu_seconds"] / 60 for r in rows if r["step"] == TrainConfig().steps]
     for x in chosen:

@@ -94,7 +94,7 @@ def guided_eps(model: ConditionalDiffusion, x_t: Tensor, t, context: Tensor, gui
     return uncond + guidance * (cond - uncond)
 
 
-def sampling_scheduler(sampler: str = "ddim", steps: int = 50, clip: bool = True):
+def sampling_scheduler(sampler: str = "ddim", steps: int = 50, clip: bool = False):
     """A ``DDIMScheduler`` / ``DDPMScheduler`` with the training betas, set to ``steps`` inference steps;
     with ``clip`` x̂_0 is clipped to [−1, 1] at every step (``clip_sample``)."""
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -122,7 +122,7 @@ def sample(
     eta: float = 0.0,
     batch_size: int = 500,
     context: Tensor | None = None,
-    clip: bool = True,
+    clip: bool = False,
 ) -> Tensor:
     """Generate one image per label with classifier-free guidance (scale ``guidance``), by ``steps`` DDIM
     (η = ``eta``) or DDPM ancestral steps from x_T ~ N(0, I); returns images in the data range [0, 1].

@@ -92,3 +92,19 @@ def test_sample_is_seeded_in_range_and_restores_mode(tiny_model):
         sampling_scheduler("euler", 3)
     with pytest.raises(ValueError, match="steps"):
         sampling_scheduler("ddim", 0)
+
+
+def test_sampler_does_not_clip_x0_by_default(tiny_model):
+    """x̂_0 is left unclipped by default (clipping in a deterministic guided DDIM run lowers sample accuracy,
+    docs/generation.md); ``clip=True`` clips it, and then the samples differ."""
+    assert sampling_scheduler().config.clip_sample is False
+    assert sampling_scheduler(clip=True).config.clip_sample is True
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():  # push x̂_0 far outside [−1, 1] so that clipping must change the result
+        tiny_model.unet.conv_out.bias.add_(-3.0)
+    kw = {"steps": 3, "guidance": 2.0}
+    free = sample(tiny_model, labels, generator=torch.Generator().manual_seed(0), **kw)
+    same = sample(tiny_model, labels, generator=torch.Generator().manual_seed(0), clip=False, **kw)
+    clipped = sample(tiny_model, labels, generator=torch.Generator().manual_seed(0), clip=True, **kw)
+    assert torch.equal(free, same)
+    assert not torch.allclose(free, clipped)
