@@ -15,7 +15,8 @@ method). ``--twin`` adds a second Retrain per seed, trained with seed + 1000 (an
 batch order, same retain set and recipe), as the row ``retrain_twin``: its Avg. Gap to Retrain is the noise
 floor of the gap, what a perfect unlearning method would still score. Each row (the method's UA, RA, TA,
 MIA-Efficacy, Avg. Gap to Retrain, seconds; or ``diverged``) is appended to ``OUT/report.json`` as it
-finishes, so an interrupted run resumes; a rerun with a different grid or dataset is refused.
+finishes, so an interrupted run resumes; a rerun with a different grid or dataset is refused. Two processes
+on disjoint seeds (two ``--out`` folders) are joined with ``--out A --merge B`` (same flags otherwise).
 
 The tables come from ``python docs/results/compare.py sweep OUT`` (per candidate: mean ± 95% CI of the gap
 over seeds; the candidate chosen on seed 0 as ``--tune`` does, and the best mean over all seeds).
@@ -90,6 +91,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grid", action="append", default=[], metavar="METHOD.KEY=V1,V2")
     p.add_argument("--twin", action="store_true", help="add a Retrain trained with seed + 1000")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        metavar="DIR",
+        help="add the rows of DIR/report.json (a run of the same configuration on other seeds, e.g. a second "
+        "process) that OUT lacks, then exit",
+    )
     return p.parse_args(argv)
 
 
@@ -150,6 +158,31 @@ def _twin(prepared, retrain: dict, seed: int) -> dict:
     return dict(values, avg_gap=metrics.avg_gap(values, retrain), seconds=trained.seconds)
 
 
+def merge(path: Path, other: Path, config: dict) -> None:
+    """Add to the report at ``path`` the rows of the report at ``other`` that it lacks (same configuration,
+    checked; a (seed, method, overrides) both hold must agree, else the merge is refused), atomically."""
+    report, more = (json.loads(p.read_text()) for p in (path, other))
+    for r in (report, more):
+        if r["config"] != config:
+            sys.exit(f"--merge: {path if r is report else other} holds another configuration")
+
+    def key(row: dict) -> tuple:
+        return row["seed"], row["method"], json.dumps(row["overrides"], sort_keys=True)
+
+    def values(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "seconds"}
+
+    have = {key(r): r for r in report["rows"]}
+    for row in more["rows"]:
+        if key(row) in have and values(have[key(row)]) != values(row):
+            sys.exit(f"--merge: {key(row)} differs between the two runs")
+    report["rows"] += [r for r in more["rows"] if key(r) not in have]
+    report["seeds"] = sorted(set(report["seeds"]) | set(more["seeds"]))
+    report["code"] = report.get("code", []) + more.get("code", [])
+    write_json(path, report)
+    print(f"{path}: {len(report['rows'])} rows, seeds {report['seeds']}")
+
+
 def main(argv: list[str]) -> None:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
@@ -164,6 +197,8 @@ def main(argv: list[str]) -> None:
     }
     per_method = grids.get("grids") or {m: grids["grid"] for m in config["methods"]}
     path = args.out / "report.json"
+    if args.merge is not None:
+        return merge(path, args.merge / "report.json", config)
     report = open_report(path, config, args.seeds)
     done = {(r["seed"], r["method"], json.dumps(r["overrides"], sort_keys=True)) for r in report["rows"]}
     for seed in args.seeds:
