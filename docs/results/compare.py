@@ -214,16 +214,17 @@ def _sweep_cells(rep: dict) -> dict[str, list[tuple[dict, dict[int, dict]]]]:
 
 
 def _sweep_grid(cells: dict[str, list[tuple[dict, dict[int, dict]]]]) -> None:
-    print("| method | candidate | seeds | Avg. Gap mean ± 95% CI | UA | RA | TA | MIA |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|")
+    print("| method | candidate | seeds | Avg. Gap mean ± 95% CI | std | UA | RA | TA | MIA |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for m, cands in cells.items():
         for c, every in cands:
             rows = {s: r for s, r in every.items() if "diverged" not in r}
             means = " | ".join(
                 f"{statistics.mean(r[k] for r in rows.values()):.2f}" if rows else "—" for k in COLS[:4]
             )
-            gap = _ci([r["avg_gap"] for r in rows.values()])
-            print(f"| {m} | {_label(c)} | {len(rows)} | {gap} | {means} |")
+            gaps = [r["avg_gap"] for r in rows.values()]
+            std = f"{statistics.stdev(gaps):.2f}" if len(gaps) > 1 else "—"
+            print(f"| {m} | {_label(c)} | {len(rows)} | {_ci(gaps)} | {std} | {means} |")
 
 
 def _check_same_retrain(rep: dict, stress: dict) -> None:
