@@ -2,11 +2,13 @@
 
 Loads (or trains) the default digits diffusion model and the judge from the cache, then for each cell
 (method, forget class, seed) runs the method (`unlearning.generation.methods`) and scores it with
-`metrics.evaluate_generation` (UA, remaining-class accuracy, judge-space FID). The original and Retrain rows
-are evaluated once per forget class. Cells run in priority order (SalUn on every class and seed first, then
-Retrain, then the other methods at the first seed, then the rest) and ``results.json`` is rewritten after
-each, so an interrupted run resumes where it stopped. Writes ``results.json``, ``results.md`` and one
-``grid_<method>_class<c>.png`` per method at the first seed. Reproduce with the command in docs/generation.md.
+`metrics.evaluate_generation` (UA, remaining-class accuracy, judge-space FID). The original is evaluated
+once per forget class and sampling seed (the methods' seeds, so that each method is compared with the
+original sampled from the same noise); Retrain (one training per forget class) at the first seed. Cells
+run in priority order (SalUn on every class and seed first, then Retrain, then the other methods at the
+first seed, then the rest) and ``results.json`` is rewritten after each, so an interrupted run resumes
+where it stopped. Writes ``results.json``, ``results.md`` and one ``grid_<method>_class<c>.png`` per
+method at the first seed. Reproduce with the command in docs/generation.md.
 """
 
 from __future__ import annotations
@@ -87,13 +89,15 @@ def main() -> None:
     kw = {"per_class": args.per_class, "steps": args.sample_steps}
     start = time.perf_counter()
     before: dict[int, torch.Tensor] = {}  # the original's samples (seed 0) per forget class, for the grids
-    for c in sorted({c for _, c, _ in cells(args)}):
-        key = f"original/{c}/0"
+    seeds = sorted({s for _, _, s in cells(args)})
+    for c, seed in ((c, s) for c in sorted({c for _, c, _ in cells(args)}) for s in seeds):
+        key = f"original/{c}/{seed}"  # the original sampled with each seed: seed-matched comparisons
         if key not in report["rows"]:
-            m = evaluate_generation(original, judge, ds.train, (c,), seed=0, **kw)
+            m = evaluate_generation(original, judge, ds.train, (c,), seed=seed, **kw)
             report["rows"][key] = {**m.as_dict(), "seconds": trained.seconds}
             write_json(path, jsonable(report))
-            before[c] = m.images
+            if seed == 0:
+                before[c] = m.images
     for name, c, seed in cells(args):
         key = f"{name}/{c}/{seed}"
         if key in report["rows"]:
