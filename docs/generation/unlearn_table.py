@@ -140,7 +140,30 @@ def markdown(report: dict) -> str:
             f"{_ms([r['remain_acc'] for r in rows], 100)} | {_ms([r['fid'] for r in rows], 1)} | "
             f"{sum(r['seconds'] for r in rows) / len(rows):.0f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + paired(report)) + "\n"
+
+
+def paired(report: dict) -> list[str]:
+    """Each method against the original sampled with the same seed: the smallest UA, the largest drop of the
+    remaining-class accuracy (points) and the largest ratio of FIDs over the seeds (the issue's bar: UA ≥
+    99%, drop ≤ 3 points, ratio ≤ 1.2)."""
+    rows = report["rows"]
+    groups: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
+    for key, row in rows.items():
+        name, c, seed = key.split("/")
+        ref = rows.get(f"original/{c}/{seed}")
+        if name != "original" and ref is not None:
+            groups.setdefault((name, int(c)), []).append((row, ref))
+    lines = [
+        "| method | forget class | seeds | min UA % | max drop of remaining acc. (points) | max FID ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (name, c), pairs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        drop = max(100 * (ref["remain_acc"] - row["remain_acc"]) for row, ref in pairs)
+        ratio = max(row["fid"] / ref["fid"] for row, ref in pairs)
+        ua = min(100 * row["ua"] for row, _ in pairs)
+        lines.append(f"| {name} | {c} | {len(pairs)} | {ua:.1f} | {drop:.1f} | {ratio:.2f} |")
+    return lines
 
 
 def _ms(values: list[float], scale: float) -> str:
