@@ -447,6 +447,12 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def _extends(saved: Any, seeds: Any) -> bool:
+    """``seeds`` is ``saved`` followed by more seeds (the first seed, on which ``tune`` chose the
+    hyper-parameters, stays the same, so every saved row stays valid)."""
+    return isinstance(saved, list) and isinstance(seeds, list) and seeds[: len(saved)] == saved
+
+
 class _Store:
     """The report being built; with ``out``, written to ``out/report.json`` after every change. A report
     already there is resumed when its configuration equals ``config`` (`changed_keys`), else refused."""
@@ -465,6 +471,8 @@ class _Store:
         if out is not None and (out / REPORT).exists():
             old = _read_report(out / REPORT)
             diff = changed_keys(config, old)
+            if diff == ["seeds"] and _extends(old["config"].get("seeds"), config.get("seeds")):
+                diff = []  # more seeds after the saved ones: the finished seeds are kept, the new ones run
             if diff:
                 raise StressInputError(
                     "out",

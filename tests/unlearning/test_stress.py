@@ -135,6 +135,24 @@ def test_resume_reuses_finished_rows_and_computes_only_missing(tmp_path, cache_d
     assert json.loads(path.read_text())["results"] == second["results"]
 
 
+def test_more_seeds_extend_a_finished_run(tmp_path, cache_dir, monkeypatch):
+    """``seeds=[0, 1]`` into a folder holding ``seeds=[0]`` keeps seed 0's rows and set and runs seed 1 only;
+    seeds that do not start with the saved ones are a different configuration."""
+    kwargs = dict(methods=["ga"], cache_dir=cache_dir, out=tmp_path, **SMALL)
+    first = stress_test(seeds=[0], **kwargs)
+    searched = []
+    search = stress.search
+    monkeypatch.setattr(stress, "search", lambda *a, **k: searched.append(k["seed"]) or search(*a, **k))
+    more = stress_test(seeds=[0, 1], **kwargs)
+    assert searched == [1]
+    assert more["config"]["seeds"] == [0, 1] and more["complete"]
+    assert [r for r in more["results"] if r["seed"] == 0] == first["results"]  # same rows, same seconds
+    assert {r["seed"] for r in more["results"]} == {0, 1}
+    assert len(more["results"]) == 2 * len(first["results"])
+    with pytest.raises(stress.StressInputError, match="differs in: seeds"):
+        stress_test(seeds=[1, 0, 2], **kwargs)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, cache_dir):
     """Interrupted during tuning, then during the rows: each rerun keeps what was written and goes on."""
     kwargs = dict(methods=["ga", "ft"], seeds=[0], tune=True, cache_dir=cache_dir, out=tmp_path, **SMALL)
