@@ -108,6 +108,13 @@ def test_stress_tiny(tmp_path, capsys):
     assert set(report["cells"]) == {"ga/0", "rl/0"}
     for cell in report["cells"].values():
         assert cell["random"] in (1, 2) and cell["worst"] in (1, 2) and cell["search"]["found"] in range(10)
-    assert report["summary"]["search_agreement"]["total"] == 2
-    assert (out / "stress.png").exists() and "UA random" in (out / "report.md").read_text()
-    assert "UA worst" in capsys.readouterr().out
+    summary = report["summary"]
+    assert summary["search_agreement"]["total"] == 2 and summary["search_agreement_ua"]["total"] == 2
+    for name in ("ga", "rl"):  # one seed: the class with the lowest UA has the lowest UA of the three
+        row, cell = summary[name], report["cells"][f"{name}/0"]
+        assert row["worst_by_ua_ua"] == min(r["ua"] for r in cell["rows"])
+        assert row["worst_by_ua_ua"] <= min(row["random_ua"], row["worst_ua"])
+    text = (out / "report.md").read_text()
+    assert (out / "stress.png").exists()
+    assert "| rl | worst by UA |" in text and "| ga | random class |" in text
+    assert "worst by forget loss" in capsys.readouterr().out
