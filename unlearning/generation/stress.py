@@ -184,7 +184,7 @@ def stress_markdown(report: dict[str, Any]) -> str:
         "# Generation stress test: random vs worst-case forget class",
         "",
         f"dataset {config.get('dataset')}, seeds {config.get('seeds')}, candidate classes "
-        f"{config.get('classes')}; UA and remaining accuracy in %, FID in the judge's feature space "
+        f"{config.get('classes') or 'all'}; UA and remaining accuracy in %, FID in the judge's feature space "
         "(not Inception-FID); worst by forget loss = the class whose forget loss after unlearning is lowest "
         "(the search's objective), worst by UA = the class with the lowest UA.",
         "",
@@ -234,7 +234,7 @@ def stress_plot(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("UA (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
-    ax.set_title("Unlearning accuracy: random vs worst-case forget class (mean over seeds)", fontsize=9)
+    ax.set_title("UA: random vs worst-case forget class (mean over seeds)", fontsize=9)
     return save_figure(fig, path)
 
 
