@@ -293,11 +293,16 @@ class _Grid:
             raise _cause(errors[0]) from errors[0]
 
     def cancel(self) -> None:
-        """Cancel what is still queued or running (the driver stops: a rerun resumes from the report)."""
-        for ref in self.submitted:
+        """Cancel what is still queued or running (the driver stops: a rerun resumes from the report). Only
+        the tasks not finished yet: cancelling a task that has completed, or is completing, can abort the
+        driver in Ray's task manager ("Tried to complete task that was not pending", seen with Ray 2.x)."""
+        if not self.submitted:
+            return
+        _, pending = ray.wait(self.submitted, num_returns=len(self.submitted), timeout=0)
+        for ref in pending:
             try:
                 ray.cancel(ref)
-            except (ray.exceptions.RayError, TypeError, ValueError):  # finished, or a second return
+            except (ray.exceptions.RayError, TypeError, ValueError):  # finished since, or a second return
                 pass
 
     def in_local_order(self) -> None:
