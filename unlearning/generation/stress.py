@@ -98,15 +98,16 @@ def _cell(original, judge, task, method, seed, classes, metric_kw, search_kw) ->
     exact = worst_class.exact_worst_class(
         method, original, seeded, classes=classes, judge=judge, metric_kw={**metric_kw, "seed": int(seed)}
     )
-    rows = {r.cls: r for r in exact.rows}
+    rows = exact.to_dict()["rows"]
+    by_class = {r["cls"]: r for r in rows}
     rnd = random_class(classes, seed)
     cell = {
         "random": rnd,
         "worst": exact.worst,
         "worst_ua": exact.worst_ua,
-        "rows": exact.to_dict()["rows"],
-        "random_row": _metrics(rows[rnd]),
-        "worst_row": _metrics(rows[exact.worst]),
+        "rows": rows,
+        "random_row": _metrics(by_class[rnd]),
+        "worst_row": _metrics(by_class[exact.worst]),
     }
     if search_kw is not None:
         try:
@@ -115,10 +116,6 @@ def _cell(original, judge, task, method, seed, classes, metric_kw, search_kw) ->
         except TypeError as err:  # NoLowerLevelError: the method has no per-class objective
             cell["search"] = {"found": None, "error": str(err)}
     return cell
-
-
-def _metrics(row: Any) -> dict[str, Any]:
-    return {"ua": row.ua, "remain_acc": row.remain_acc, "fid": row.fid, "forget_loss": row.forget_loss}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -135,10 +132,11 @@ def _selected(cell: dict[str, Any], which: str) -> dict[str, Any] | None:
     if which != "worst_by_ua":
         return cell[f"{which}_row"]
     rows = {r["cls"]: r for r in cell["rows"]}
-    return None if cell.get("worst_ua") is None else _metrics_of(rows[cell["worst_ua"]])
+    return None if cell.get("worst_ua") is None else _metrics(rows[cell["worst_ua"]])
 
 
-def _metrics_of(row: dict[str, Any]) -> dict[str, Any]:
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a cell keeps of one class's row (a dict of `worst_class.ExactResult.to_dict`)."""
     return {k: row.get(k) for k in ("ua", "remain_acc", "fid", "forget_loss")}
 
 
